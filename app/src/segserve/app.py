@@ -1,0 +1,192 @@
+"""The Flask application factory."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Config, Flask, g, jsonify, request
+from PIL import Image
+from werkzeug.exceptions import HTTPException
+
+from segserve import metrics
+from segserve.config import PREFIX, Settings, unknown_keys
+from segserve.errors import ServiceError, StartupError
+from segserve.handler import UNTRAINED_WARNING, SegmentationHandler
+
+log = logging.getLogger("segserve")
+
+
+def create_app(config: Mapping[str, Any] | None = None) -> Flask:
+    """Build the app, load the model and warm it up; raise if the service must not start.
+
+    `config` replaces the environment (keys without the SEGSERVE_ prefix), for tests.
+    Under uWSGI this runs in each worker after fork (lazy-apps), so every worker owns its
+    model and nothing touches CUDA in the master. A failure logs one line starting with
+    "refusing to start:" and raises, which makes uWSGI's need-app exit non-zero.
+    """
+    app = Flask(__name__)
+    # Class ids are keys of JSON objects; keep them in id order, not sorted as strings.
+    app.json.sort_keys = False
+    _configure_logging()
+    if config is None:
+        values = Config(app.root_path)
+        # loads=str: the default JSON decoding would turn an all-digit sha256 into an int.
+        values.from_prefixed_env(PREFIX, loads=str)
+    else:
+        values = dict(config)
+        # A test may pass Flask's own keys (TESTING, ...) beside segserve's.
+        app.config.update({k: v for k, v in values.items() if k in app.config})
+        values = {k: v for k, v in values.items() if k not in app.config}
+    for name in unknown_keys(values):
+        log.warning("ignoring unknown setting %s", name)
+
+    try:
+        settings = Settings.from_mapping(values)
+        _check_process_model(settings)
+        _set_torch_threads(settings.torch_threads)
+        # One limit for both: Flask refuses larger bodies before reading them, and Pillow's
+        # own decompression-bomb check uses the pixel limit.
+        app.config["MAX_CONTENT_LENGTH"] = settings.max_image_bytes
+        Image.MAX_IMAGE_PIXELS = settings.max_pixels
+        handler = SegmentationHandler(settings)
+        handler.initialize()
+    except Exception as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        log.error("refusing to start: %s", reason)
+        if isinstance(exc, StartupError):
+            raise
+        raise StartupError(reason) from exc
+
+    _log_started(handler)
+    metrics.MODEL_LOADS.labels(
+        handler.weights.arch, str(handler.weights.pretrained).lower(), handler.device
+    ).inc()
+    app.extensions["segserve"] = handler
+
+    from segserve.views import bp
+
+    app.register_blueprint(bp)
+    _register_errors(app)
+    _register_hooks(app)
+    return app
+
+
+def _configure_logging() -> None:
+    # Under uWSGI and systemd stderr is the log. Leave any configuration the host
+    # application (or pytest) made alone.
+    root = logging.getLogger()
+    if log.handlers or root.handlers:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s segserve[%(process)d] %(levelname)s %(message)s")
+    )
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+
+
+def _check_process_model(settings: Settings) -> None:
+    """Refuse CUDA when loaded in the uWSGI master: workers forked from a process that
+    initialised CUDA cannot use it (pytorch#68861). lazy-apps loads the app in each worker."""
+    try:
+        import uwsgi  # only importable inside a uWSGI process
+    except ImportError:
+        return
+    if getattr(uwsgi, "numproc", 1) > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        log.warning(
+            "PROMETHEUS_MULTIPROC_DIR is not set: /metrics shows only the worker that "
+            "answers it; set it to a fresh directory in uWSGI's environment"
+        )
+    if uwsgi.worker_id() != 0:
+        return
+    gpu_here = os.path.exists("/dev/nvidiactl") or os.path.exists("/proc/driver/nvidia/version")
+    if settings.device.startswith("cuda") or (settings.device == "auto" and gpu_here):
+        raise StartupError(
+            f"SEGSERVE_DEVICE={settings.device} while the app is loaded in the uWSGI master: "
+            "run uWSGI with lazy-apps = true so each worker loads the model after fork, "
+            "or set SEGSERVE_DEVICE=cpu"
+        )
+    log.warning(
+        "loaded in the uWSGI master (no lazy-apps): every worker shares the model built "
+        "before fork; lazy-apps is the supported way to run segserve"
+    )
+
+
+def _set_torch_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    if torch.get_num_interop_threads() != threads:
+        try:
+            torch.set_num_interop_threads(threads)
+        except RuntimeError:
+            # It can be set once per process, before any parallel work; a second app in the
+            # same process (tests) keeps the first value.
+            log.warning("torch inter-op threads stay at %d", torch.get_num_interop_threads())
+
+
+def _log_started(handler: SegmentationHandler) -> None:
+    w = handler.weights
+    log.info(
+        "ready: arch=%s device=%s backend=%s input_size=%d threads=%d weights=%s sha256=%s "
+        "source=%s warm-up=%.0fms",
+        w.arch,
+        handler.device,
+        handler.settings.backend,
+        handler.settings.input_size,
+        handler.settings.torch_threads,
+        w.path,
+        w.sha256,
+        w.source,
+        handler.warmup_seconds * 1000,
+    )
+    if not w.pretrained:
+        log.warning("%s (weights %s, source %s)", UNTRAINED_WARNING, w.path, w.source)
+
+
+def _register_errors(app: Flask) -> None:
+    @app.errorhandler(ServiceError)
+    def service_error(exc: ServiceError):
+        return jsonify(error=exc.code, detail=exc.detail), exc.status
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):
+        response = exc.get_response()
+        code = (exc.name or "error").lower().replace(" ", "_")
+        if exc.code == 413:
+            code = "too_large"
+            detail = f"the request body is larger than {app.config['MAX_CONTENT_LENGTH']} bytes"
+        else:
+            detail = exc.description or exc.name
+        response.set_data(jsonify(error=code, detail=detail).get_data())
+        response.content_type = "application/json"
+        return response
+
+    @app.errorhandler(Exception)
+    def internal_error(exc: Exception):
+        # The traceback goes to the log only; the client learns nothing about the internals.
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return jsonify(error="internal_error", detail="internal server error (logged)"), 500
+
+
+def _register_hooks(app: Flask) -> None:
+    @app.before_request
+    def start_clock():
+        g.segserve_started = time.perf_counter()
+
+    @app.after_request
+    def count(response):
+        # The route pattern, not the raw path, so that scanners cannot create label values.
+        endpoint = request.url_rule.rule if request.url_rule is not None else "unmatched"
+        started = g.get("segserve_started")
+        if started is not None:
+            metrics.REQUEST_SECONDS.labels(endpoint).observe(time.perf_counter() - started)
+        metrics.REQUESTS.labels(endpoint, str(response.status_code)).inc()
+        response.headers["X-Segserve-Worker"] = str(os.getpid())
+        return response

@@ -1,0 +1,122 @@
+"""Settings, read from SEGSERVE_* environment variables or from a mapping given by a test.
+
+Keys are the variable names without the prefix (WEIGHTS_PATH for SEGSERVE_WEIGHTS_PATH), as
+Flask's `Config.from_prefixed_env` produces them. Values may be strings (from the environment)
+or already typed (from a test); every one is validated here so that a bad value stops the
+worker at start with a message naming the variable, instead of failing on the first request.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from segserve.errors import ConfigError
+
+PREFIX = "SEGSERVE"
+
+# name -> (default, help). Anything under SEGSERVE_ not listed here is reported as unknown,
+# which catches typos such as SEGSERVE_WIEGHTS_PATH.
+KNOWN = {
+    "WEIGHTS_PATH": (None, "path of the weights file (required)"),
+    "WEIGHTS_SHA256": (None, "expected sha256 of the weights file"),
+    "ARCH": (None, "expected architecture; the weights file records its own"),
+    "DEVICE": ("auto", "auto, cpu, cuda or cuda:N"),
+    "TORCH_THREADS": (1, "torch intra-op and inter-op threads per worker"),
+    "MAX_IMAGE_BYTES": (10 * 1024 * 1024, "largest accepted request body in bytes"),
+    "MAX_PIXELS": (40_000_000, "largest accepted image in pixels (decompression bombs)"),
+    "INPUT_SIZE": (520, "short side the image is resized to before inference"),
+    "BACKEND": ("torch", "inference backend"),
+}
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
+
+
+@dataclass(frozen=True)
+class Settings:
+    weights_path: str
+    weights_sha256: str | None = None
+    arch: str | None = None
+    device: str = "auto"
+    torch_threads: int = 1
+    max_image_bytes: int = KNOWN["MAX_IMAGE_BYTES"][0]
+    max_pixels: int = KNOWN["MAX_PIXELS"][0]
+    input_size: int = 520
+    backend: str = "torch"
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> Settings:
+        # Imported here: the registries import torch-free modules only, but keeping the
+        # dependency one-way (registries do not import config) avoids import cycles.
+        from segserve.backends import BACKENDS
+        from segserve.models import ARCHS
+
+        def raw(name: str) -> Any:
+            value = values.get(name)
+            if isinstance(value, str):
+                value = value.strip()
+                if value == "":
+                    value = None
+            return value if value is not None else KNOWN[name][0]
+
+        path = raw("WEIGHTS_PATH")
+        if path is None:
+            raise ConfigError(
+                f"{PREFIX}_WEIGHTS_PATH is required: the path of a weights file "
+                "(make one with `segserve-weights init OUT.pth`)"
+            )
+
+        sha = raw("WEIGHTS_SHA256")
+        if sha is not None:
+            sha = str(sha).lower()
+            if not _SHA256.match(sha):
+                raise ConfigError(f"{PREFIX}_WEIGHTS_SHA256 must be 64 hex digits, got {sha!r}")
+
+        arch = raw("ARCH")
+        if arch is not None and arch not in ARCHS:
+            raise ConfigError(f"{PREFIX}_ARCH must be one of {', '.join(ARCHS)}, got {arch!r}")
+
+        device = str(raw("DEVICE")).lower()
+        if not _DEVICE.match(device):
+            raise ConfigError(f"{PREFIX}_DEVICE must be auto, cpu, cuda or cuda:N, got {device!r}")
+
+        backend = str(raw("BACKEND")).lower()
+        if backend not in BACKENDS:
+            raise ConfigError(
+                f"{PREFIX}_BACKEND must be one of {', '.join(BACKENDS)}, got {backend!r}"
+            )
+
+        return cls(
+            weights_path=str(path),
+            weights_sha256=sha,
+            arch=arch,
+            device=device,
+            torch_threads=_positive_int("TORCH_THREADS", raw("TORCH_THREADS")),
+            max_image_bytes=_positive_int("MAX_IMAGE_BYTES", raw("MAX_IMAGE_BYTES")),
+            max_pixels=_positive_int("MAX_PIXELS", raw("MAX_PIXELS")),
+            input_size=_positive_int("INPUT_SIZE", raw("INPUT_SIZE"), low=16, high=4096),
+            backend=backend,
+        )
+
+
+def unknown_keys(values: Mapping[str, Any]) -> list[str]:
+    return sorted(f"{PREFIX}_{key}" for key in values if key not in KNOWN)
+
+
+def _positive_int(name: str, value: Any, *, low: int = 1, high: int | None = None) -> int:
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        number = int(value)
+        # int("1.5") fails already; this rejects a typed 1.5 from a test mapping too.
+        if isinstance(value, float) and number != value:
+            raise ValueError
+    except (TypeError, ValueError):
+        raise ConfigError(f"{PREFIX}_{name} must be an integer, got {value!r}") from None
+    if number < low or (high is not None and number > high):
+        bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
+        raise ConfigError(f"{PREFIX}_{name} must be {bounds}, got {number}")
+    return number

@@ -1,0 +1,184 @@
+"""The model handler: initialize once per worker, then decode -> preprocess -> infer ->
+postprocess per request. Each step is a method so that a subclass can replace one of them
+(a different resize, another backend's tensor layout) without touching the others.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+from PIL import Image
+
+from segserve.backends import create_backend
+from segserve.images import DecodedImage, decode_image, resized_size
+
+if TYPE_CHECKING:
+    import torch
+
+    from segserve.backends import Backend
+    from segserve.config import Settings
+    from segserve.weights import WeightsFile
+
+log = logging.getLogger("segserve")
+
+# ImageNet statistics: what torchvision's segmentation weights were trained with.
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+# The resized long side may be at most this many times the short side (see resized_size).
+MAX_ASPECT = 4
+
+
+@dataclass
+class Result:
+    mask: np.ndarray  # (height, width) uint8 class ids
+    width: int
+    height: int
+    timings: dict[str, float] = field(default_factory=dict)  # stage -> seconds
+
+    def classes_present(self) -> list[int]:
+        counts = np.bincount(self.mask.ravel(), minlength=1)
+        return [int(i) for i in np.flatnonzero(counts)]
+
+
+class SegmentationHandler:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.weights: WeightsFile | None = None
+        self.backend: Backend | None = None
+        self.device: str | None = None
+        self.ready = False
+
+    # -- start-up -------------------------------------------------------------------------
+
+    def initialize(self) -> None:
+        """Load the weights, build the backend, run one warm-up inference."""
+        import torch
+
+        from segserve import weights as weights_mod
+
+        s = self.settings
+        self.device = resolve_device(s.device)
+        self.weights = weights_mod.load(
+            s.weights_path, expected_sha256=s.weights_sha256, expected_arch=s.arch
+        )
+        self._mean = torch.tensor(MEAN).view(3, 1, 1)
+        self._std = torch.tensor(STD).view(3, 1, 1)
+        self.backend = create_backend(s.backend, self.weights, self.device)
+        started = time.perf_counter()
+        self.warm_up()
+        self.warmup_seconds = time.perf_counter() - started
+        self.ready = True
+
+    def warm_up(self) -> None:
+        # The first forward pass allocates and picks kernels; doing it here keeps that cost
+        # (and any failure) out of the first real request.
+        size = self.settings.input_size
+        grey = DecodedImage(Image.new("RGB", (size, size), (128, 128, 128)), size, size, "-")
+        self.postprocess(self.infer(self.preprocess(grey)), grey)
+
+    # -- per request ----------------------------------------------------------------------
+
+    def decode(self, data: bytes) -> DecodedImage:
+        return decode_image(
+            data, max_pixels=self.settings.max_pixels, draft_size=self.settings.input_size
+        )
+
+    def preprocess(self, decoded: DecodedImage) -> torch.Tensor:
+        """Resize the short side to the input size (bilinear, antialiased) and normalise,
+        as torchvision's SemanticSegmentation preset does for these weights."""
+        import torch
+
+        size = self.settings.input_size
+        image = decoded.image
+        target = resized_size(image.width, image.height, size, size * MAX_ASPECT)
+        if target != image.size:
+            image = image.resize(target, Image.Resampling.BILINEAR)
+        pixels = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy())
+        tensor = pixels.permute(2, 0, 1).float().div_(255.0)
+        tensor = tensor.sub_(self._mean).div_(self._std)
+        return tensor.unsqueeze(0).contiguous()
+
+    def infer(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.backend.infer(batch)
+
+    def postprocess(self, class_ids: torch.Tensor, decoded: DecodedImage) -> np.ndarray:
+        """The class ids of the one image, brought back to its upright size (nearest
+        neighbour: ids are labels, never blended)."""
+        ids = class_ids[0].numpy()
+        size = (decoded.width, decoded.height)
+        if (ids.shape[1], ids.shape[0]) != size:
+            ids = np.asarray(Image.fromarray(ids).resize(size, Image.Resampling.NEAREST))
+        return ids
+
+    def handle(self, data: bytes) -> Result:
+        timings: dict[str, float] = {}
+        clock = time.perf_counter
+        t0 = clock()
+        decoded = self.decode(data)
+        t1 = clock()
+        batch = self.preprocess(decoded)
+        t2 = clock()
+        class_ids = self.infer(batch)
+        t3 = clock()
+        mask = self.postprocess(class_ids, decoded)
+        t4 = clock()
+        timings["decode"] = t1 - t0
+        timings["preprocess"] = t2 - t1
+        timings["inference"] = t3 - t2
+        timings["postprocess"] = t4 - t3
+        return Result(mask=mask, width=decoded.width, height=decoded.height, timings=timings)
+
+    # -- description ----------------------------------------------------------------------
+
+    def describe(self) -> dict:
+        import torch
+        import torchvision
+
+        w = self.weights
+        info = {
+            "arch": w.arch,
+            "backend": self.settings.backend,
+            "device": self.device,
+            "input_size": self.settings.input_size,
+            "num_classes": w.num_classes,
+            "classes": {str(i): name for i, name in enumerate(w.categories)},
+            "pretrained": w.pretrained,
+            "source": w.source,
+            "seed": w.seed,
+            "weights_sha256": w.sha256,
+            "torch_version": torch.__version__,
+            "torchvision_version": torchvision.__version__,
+            "torch_threads": torch.get_num_threads(),
+        }
+        if not w.pretrained:
+            info["warning"] = UNTRAINED_WARNING
+        return info
+
+
+UNTRAINED_WARNING = (
+    "UNTRAINED weights (a seeded initialisation, not a trained model): the masks are "
+    "meaningless; make real weights with `segserve-weights export`"
+)
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        from segserve.errors import StartupError
+
+        if not torch.cuda.is_available():
+            raise StartupError(f"SEGSERVE_DEVICE={device} but CUDA is not available here")
+        index = int(device.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise StartupError(
+                f"SEGSERVE_DEVICE={device} but only {torch.cuda.device_count()} CUDA "
+                "device(s) are visible"
+            )
+    return device

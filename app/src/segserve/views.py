@@ -1,0 +1,123 @@
+"""HTTP endpoints. Views stay thin: read the request, call the handler, shape the response."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from flask import Blueprint, Request, Response, current_app, jsonify, request
+
+from segserve import metrics
+from segserve.errors import BadImage, NotReady, TooLarge, UnsupportedMediaType
+from segserve.handler import Result, SegmentationHandler
+from segserve.images import encode_png, mask_to_json
+
+bp = Blueprint("api", __name__)
+
+RAW_TYPES = ("application/octet-stream",)
+
+
+@bp.post("/v1/segment")
+def segment() -> Response:
+    handler = _ready_handler()
+    result = handler.handle(read_image(request, strict=True))
+    best = request.accept_mimetypes.best_match(["application/json", "image/png"])
+    started = time.perf_counter()
+    if best == "image/png":
+        body, mimetype = encode_png(result.mask), "image/png"
+    else:
+        body, mimetype = _segment_json(result, handler), "application/json"
+    return _finish(result, body, mimetype, started)
+
+
+@bp.post("/infer")
+def infer() -> Response:
+    """The original contract, kept for existing clients: raw bytes of any declared type in,
+    a bare JSON list of lists of class ids out."""
+    handler = _ready_handler()
+    result = handler.handle(read_image(request, strict=False))
+    started = time.perf_counter()
+    return _finish(result, mask_to_json(result.mask), "application/json", started)
+
+
+@bp.get("/healthz")
+def healthz() -> Response:
+    return jsonify(status="ok")
+
+
+@bp.get("/readyz")
+def readyz() -> Response:
+    _ready_handler()
+    return jsonify(status="ready")
+
+
+@bp.get("/v1/model")
+def model() -> Response:
+    return jsonify(_ready_handler().describe())
+
+
+@bp.get("/metrics")
+def prometheus_metrics() -> Response:
+    body, content_type = metrics.render()
+    return Response(body, content_type=content_type)
+
+
+def read_image(req: Request, *, strict: bool) -> bytes:
+    """The image bytes from a raw body or from the multipart field `image`.
+
+    With `strict`, a raw body must be declared as image/* or application/octet-stream (a
+    missing Content-Type is taken as octet-stream). Flask's MAX_CONTENT_LENGTH answers 413
+    before a too-large body is read.
+    """
+    mimetype = req.mimetype
+    if mimetype == "multipart/form-data":
+        upload = req.files.get("image")
+        if upload is None:
+            fields = sorted(set(req.files) | set(req.form))
+            raise BadImage(
+                f"the multipart body has no field 'image' (fields: {', '.join(fields) or 'none'})",
+                code="missing_image_field",
+            )
+        data = upload.read()
+    elif strict and mimetype and not (mimetype.startswith("image/") or mimetype in RAW_TYPES):
+        raise UnsupportedMediaType(
+            f"Content-Type {mimetype} is not accepted: send the image bytes as image/* or "
+            "application/octet-stream, or multipart/form-data with a field 'image'"
+        )
+    else:
+        data = req.get_data(cache=False)
+    limit = current_app.config["MAX_CONTENT_LENGTH"]
+    if len(data) > limit:
+        raise TooLarge(f"the image is {len(data)} bytes; the limit is {limit}")
+    return data
+
+
+def _ready_handler() -> SegmentationHandler:
+    handler: SegmentationHandler | None = current_app.extensions.get("segserve")
+    if handler is None or not handler.ready:
+        raise NotReady("the model is not loaded yet")
+    return handler
+
+
+def _segment_json(result: Result, handler: SegmentationHandler) -> bytes:
+    names = handler.weights.categories
+    classes = {str(i): names[i] if i < len(names) else str(i) for i in result.classes_present()}
+    head = json.dumps(
+        {"width": result.width, "height": result.height, "classes": classes},
+        separators=(",", ":"),
+    )
+    # The mask is spliced in already encoded: json.dumps on a list of lists of a few million
+    # ints is the slowest part of a JSON answer.
+    return head[:-1].encode() + b',"mask":' + mask_to_json(result.mask) + b"}"
+
+
+def _finish(result: Result, body: bytes, mimetype: str, encode_started: float) -> Response:
+    result.timings["encode"] = time.perf_counter() - encode_started
+    metrics.observe_stages(result.timings)
+    response = Response(body, mimetype=mimetype)
+    response.headers["Server-Timing"] = ", ".join(
+        f"{stage};dur={seconds * 1000:.1f}" for stage, seconds in result.timings.items()
+    )
+    response.headers["X-Segserve-Size"] = f"{result.width}x{result.height}"
+    response.headers["X-Segserve-Classes"] = ",".join(map(str, result.classes_present()))
+    return response

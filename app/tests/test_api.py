@@ -1,0 +1,292 @@
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from segserve import samples
+
+import photos
+from conftest import INPUT_SIZE
+
+GOOD = photos.good_images()
+JPEG = GOOD["jpeg"][0]
+
+
+def error_of(response) -> tuple[int, str, str]:
+    body = response.get_json()
+    assert response.content_type == "application/json"
+    assert set(body) == {"error", "detail"}
+    return response.status_code, body["error"], body["detail"]
+
+
+def test_healthz(client):
+    response = client.get("/healthz")
+    assert response.status_code == 200
+    assert response.get_json() == {"status": "ok"}
+
+
+def test_readyz(client):
+    assert client.get("/readyz").status_code == 200
+
+
+def test_model_describes_weights(client, weights_sha):
+    info = client.get("/v1/model").get_json()
+    assert info["arch"] == "lraspp_mobilenet_v3_large"
+    assert info["pretrained"] is False
+    assert "UNTRAINED" in info["warning"]
+    assert info["source"] == "init:seed=0"
+    assert info["weights_sha256"] == weights_sha
+    assert info["device"] == "cpu"
+    assert info["backend"] == "torch"
+    assert info["input_size"] == INPUT_SIZE
+    assert info["torch_version"]
+    assert info["classes"]["15"] == "person"
+    assert list(info["classes"]) == [str(i) for i in range(21)]
+
+
+@pytest.mark.parametrize("name", sorted(GOOD))
+def test_segment_json_for_every_format(client, name):
+    data, (width, height) = GOOD[name]
+    response = client.post("/v1/segment", data=data, content_type="application/octet-stream")
+    assert response.status_code == 200, response.get_json()
+    body = response.get_json()
+    assert (body["width"], body["height"]) == (width, height)
+    mask = np.array(body["mask"])
+    assert mask.shape == (height, width)
+    present = {str(v) for v in np.unique(mask)}
+    assert set(body["classes"]) == present
+    assert all(0 <= int(k) < 21 for k in body["classes"])
+
+
+def test_segment_png(client):
+    data, (width, height) = GOOD["png"]
+    response = client.post(
+        "/v1/segment", data=data, headers={"Content-Type": "image/png", "Accept": "image/png"}
+    )
+    assert response.status_code == 200
+    assert response.content_type == "image/png"
+    mask = Image.open(io.BytesIO(response.data))
+    assert mask.mode == "L" and mask.size == (width, height)
+    values = sorted(int(v) for v in np.unique(np.asarray(mask)))
+    assert response.headers["X-Segserve-Classes"] == ",".join(map(str, values))
+    assert response.headers["X-Segserve-Size"] == f"{width}x{height}"
+
+
+def test_png_and_json_masks_agree(client):
+    as_json = client.post("/v1/segment", data=JPEG, content_type="image/jpeg").get_json()
+    as_png = client.post(
+        "/v1/segment", data=JPEG, headers={"Content-Type": "image/jpeg", "Accept": "image/*"}
+    )
+    png_mask = np.asarray(Image.open(io.BytesIO(as_png.data)))
+    assert np.array_equal(np.array(as_json["mask"], dtype=np.uint8), png_mask)
+
+
+def test_json_is_the_default_for_any_accept(client):
+    response = client.post(
+        "/v1/segment", data=JPEG, headers={"Content-Type": "image/jpeg", "Accept": "*/*"}
+    )
+    assert response.content_type == "application/json"
+
+
+def test_exif_orientation_is_applied(client):
+    data, (width, height) = GOOD["exif-rotated-jpeg"]
+    assert height > width  # coffee.jpg is landscape; orientation 6 makes it portrait
+    body = client.post("/v1/segment", data=data, content_type="image/jpeg").get_json()
+    assert (body["width"], body["height"]) == (width, height)
+    assert len(body["mask"]) == height and len(body["mask"][0]) == width
+
+
+def test_large_jpeg_is_answered_at_full_size(client):
+    big = photos.photo().resize((2048, 1364))
+    body = client.post(
+        "/v1/segment", data=photos.encode(big, "JPEG"), content_type="image/jpeg"
+    ).get_json()
+    assert (body["width"], body["height"]) == (2048, 1364)
+
+
+def test_server_timing_and_worker_headers(client):
+    response = client.post("/v1/segment", data=JPEG, content_type="image/jpeg")
+    timing = response.headers["Server-Timing"]
+    for stage in ("decode", "preprocess", "inference", "encode"):
+        assert f"{stage};dur=" in timing
+    assert response.headers["X-Segserve-Worker"].isdigit()
+
+
+def test_multipart_upload(client):
+    response = client.post(
+        "/v1/segment",
+        data={"image": (io.BytesIO(JPEG), "photo.jpg", "image/jpeg")},
+        content_type="multipart/form-data",
+    )
+    assert response.status_code == 200
+    assert response.get_json()["width"] == GOOD["jpeg"][1][0]
+
+
+def test_multipart_without_image_field(client):
+    response = client.post(
+        "/v1/segment",
+        data={"file": (io.BytesIO(JPEG), "photo.jpg", "image/jpeg")},
+        content_type="multipart/form-data",
+    )
+    assert error_of(response)[:2] == (400, "missing_image_field")
+
+
+def test_missing_content_type_is_taken_as_raw_bytes(client):
+    assert client.post("/v1/segment", data=JPEG).status_code == 200
+
+
+def test_infer_seed_contract(client):
+    data, (width, height) = GOOD["png"]
+    # The seeds' clients send raw bytes with whatever Content-Type their tool picks.
+    response = client.post("/infer", data=data, content_type="application/x-www-form-urlencoded")
+    assert response.status_code == 200
+    mask = response.get_json()
+    assert isinstance(mask, list) and len(mask) == height and len(mask[0]) == width
+    assert all(isinstance(v, int) for v in mask[0])
+
+
+def test_infer_errors_are_json_too(client):
+    assert error_of(client.post("/infer", data=b""))[:2] == (400, "empty_body")
+
+
+@pytest.mark.parametrize(
+    ("data", "content_type", "status", "code"),
+    [
+        (b"", "image/jpeg", 400, "empty_body"),
+        (b"this is plain text, not an image", "image/jpeg", 400, "not_an_image"),
+        (b"<html><body>hello</body></html>", "application/octet-stream", 400, "not_an_image"),
+        (photos.truncated_jpeg(), "image/jpeg", 400, "corrupt_image"),
+        (JPEG[:200], "image/jpeg", 400, "corrupt_image"),
+        (
+            photos.encode(photos.photo().resize((64, 64)), "ICO"),
+            "image/x-icon",
+            415,
+            "unsupported_image_format",
+        ),
+        (photos.heic_like(), "image/heic", 415, "unsupported_image_format"),
+        (JPEG, "text/plain", 415, "unsupported_media_type"),
+        (JPEG, "application/json", 415, "unsupported_media_type"),
+        (JPEG, "application/x-www-form-urlencoded", 415, "unsupported_media_type"),
+        (photos.bomb_png(), "image/png", 413, "too_many_pixels"),
+    ],
+    ids=[
+        "empty",
+        "text",
+        "html",
+        "truncated",
+        "header-only",
+        "ico",
+        "heic",
+        "text-type",
+        "json-type",
+        "form-type",
+        "bomb",
+    ],
+)
+def test_bad_inputs(client, data, content_type, status, code):
+    response = client.post("/v1/segment", data=data, content_type=content_type)
+    got_status, got_code, detail = error_of(response)
+    assert (got_status, got_code) == (status, code), detail
+    assert "Traceback" not in detail
+    # The worker is still fine afterwards.
+    assert client.post("/v1/segment", data=JPEG, content_type="image/jpeg").status_code == 200
+
+
+def test_too_many_bytes(small_app):
+    client = small_app.test_client()
+    big = photos.encode(photos.photo(), "PNG")
+    assert len(big) > 20_000
+    status, code, _ = error_of(client.post("/v1/segment", data=big, content_type="image/png"))
+    assert (status, code) == (413, "too_large")
+    multipart = client.post(
+        "/v1/segment",
+        data={"image": (io.BytesIO(big), "big.png", "image/png")},
+        content_type="multipart/form-data",
+    )
+    assert error_of(multipart)[:2] == (413, "too_large")
+
+
+@pytest.mark.parametrize("size", [(400, 300), (512, 512)], ids=["warn-band", "error-band"])
+def test_too_many_pixels(small_app, size):
+    # 120,000 pixels is in the band where Pillow only warns (limit < n <= 2 x limit); 262,144
+    # is past twice the limit, where Pillow raises. Both must be 413.
+    client = small_app.test_client()
+    data = photos.encode(Image.new("L", size), "PNG")
+    assert len(data) < 20_000
+    status, code, _ = error_of(client.post("/v1/segment", data=data, content_type="image/png"))
+    assert (status, code) == (413, "too_many_pixels")
+
+
+@pytest.mark.parametrize("path", ["/v1/segment", "/infer", "/readyz", "/v1/model"])
+def test_not_ready_is_503(app, client, monkeypatch, path):
+    monkeypatch.setattr(app.extensions["segserve"], "ready", False)
+    if path in ("/v1/segment", "/infer"):
+        response = client.post(path, data=JPEG, content_type="image/jpeg")
+    else:
+        response = client.get(path)
+    assert error_of(response)[:2] == (503, "not_ready")
+    assert client.get("/healthz").status_code == 200
+
+
+def test_unknown_route_is_json_404(client):
+    assert error_of(client.get("/no/such/thing"))[:2] == (404, "not_found")
+
+
+def test_wrong_method_is_json_405(client):
+    response = client.get("/v1/segment")
+    assert error_of(response)[:2] == (405, "method_not_allowed")
+    assert "POST" in response.headers["Allow"]
+    assert error_of(client.post("/healthz"))[0] == 405
+
+
+def test_internal_error_hides_the_traceback(app, client, monkeypatch, caplog):
+    def boom(batch):
+        raise RuntimeError("secret internal state")
+
+    monkeypatch.setattr(app.extensions["segserve"], "infer", boom)
+    with caplog.at_level(logging.ERROR, logger="segserve"):
+        response = client.post("/v1/segment", data=JPEG, content_type="image/jpeg")
+    status, code, detail = error_of(response)
+    assert (status, code) == (500, "internal_error")
+    assert "secret" not in response.get_data(as_text=True)
+    assert "Traceback" not in response.get_data(as_text=True)
+    # ...but the log has it.
+    assert any("secret internal state" in (r.exc_text or "") for r in caplog.records)
+
+
+def test_metrics(client):
+    client.post("/v1/segment", data=JPEG, content_type="image/jpeg")
+    client.post("/v1/segment", data=b"", content_type="image/jpeg")
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    assert response.content_type.startswith("text/plain")
+    text = response.get_data(as_text=True)
+    for stage in ("decode", "preprocess", "inference", "encode"):
+        assert f'segserve_stage_seconds_bucket{{le="0.005",stage="{stage}"}}' in text
+    assert 'segserve_requests_total{endpoint="/v1/segment",status="200"}' in text
+    assert 'segserve_requests_total{endpoint="/v1/segment",status="400"}' in text
+    assert "segserve_request_seconds_bucket" in text
+    assert 'segserve_model_loads_total{arch="lraspp_mobilenet_v3_large"' in text
+
+
+def test_unmatched_paths_share_one_metrics_label(client):
+    client.get("/scanner/probe/1")
+    client.get("/scanner/probe/2")
+    text = client.get("/metrics").get_data(as_text=True)
+    assert "/scanner/probe" not in text
+    assert 'segserve_requests_total{endpoint="unmatched",status="404"}' in text
+
+
+def test_sample_photos_are_packaged():
+    assert set(samples.names()) == {"astronaut.jpg", "chelsea.jpg", "coffee.jpg"}
+    assert samples.path().is_file()
+
+
+def test_json_answer_is_valid_json_text(client):
+    response = client.post("/v1/segment", data=JPEG, content_type="image/jpeg")
+    json.loads(response.get_data(as_text=True))

@@ -1,0 +1,150 @@
+"""The service under real uWSGI: 2 worker processes, lazy-apps, real HTTP."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+
+from segserve import samples
+
+import photos
+from conftest import uwsgi_command, uwsgi_env
+
+pytestmark = pytest.mark.uwsgi
+
+GOOD = photos.good_images()
+BAD = {
+    "empty": (b"", 400),
+    "text": (b"hello, this is not an image", 400),
+    "truncated": (photos.truncated_jpeg(), 400),
+    "ico": (photos.encode(photos.photo().resize((32, 32)), "ICO"), 415),
+    "bomb": (photos.bomb_png(), 413),
+    "oversized": (b"\xff\xd8\xff" + b"\0" * (11 * 1024 * 1024), 413),
+}
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    match = re.search(rf"^{re.escape(name)}\{{{re.escape(wanted)}\}} (\S+)$", text, re.M)
+    return float(match.group(1)) if match else 0.0
+
+
+def test_ready_and_model(uwsgi_server):
+    info = requests.get(f"{uwsgi_server.url}/v1/model", timeout=10).json()
+    assert info["pretrained"] is False and info["device"] == "cpu"
+    assert info["input_size"] == 520 and info["torch_threads"] == 1
+
+
+@pytest.mark.parametrize("name", sorted(GOOD))
+def test_real_images(uwsgi_server, name):
+    data, (width, height) = GOOD[name]
+    response = requests.post(
+        f"{uwsgi_server.url}/v1/segment",
+        data=data,
+        headers={"Content-Type": "application/octet-stream", "Accept": "image/png"},
+        timeout=60,
+    )
+    assert response.status_code == 200, response.text
+    assert response.headers["X-Segserve-Size"] == f"{width}x{height}"
+
+
+@pytest.mark.parametrize("name", sorted(BAD))
+def test_malformed_bodies(uwsgi_server, name):
+    data, status = BAD[name]
+    response = requests.post(
+        f"{uwsgi_server.url}/v1/segment",
+        data=data,
+        headers={"Content-Type": "image/jpeg"},
+        timeout=60,
+    )
+    assert response.status_code == status
+    body = response.json()
+    assert set(body) == {"error", "detail"}
+
+
+def test_multipart_and_infer(uwsgi_server):
+    photo = samples.path("chelsea.jpg")
+    with open(photo, "rb") as fh:
+        response = requests.post(
+            f"{uwsgi_server.url}/v1/segment",
+            files={"image": ("c.jpg", fh, "image/jpeg")},
+            timeout=60,
+        )
+    assert response.status_code == 200 and response.json()["width"] == 451
+    mask = requests.post(f"{uwsgi_server.url}/infer", data=photo.read_bytes(), timeout=60).json()
+    assert len(mask) == 300 and len(mask[0]) == 451
+
+
+def test_json_404_and_405(uwsgi_server):
+    assert requests.get(f"{uwsgi_server.url}/nope", timeout=10).json()["error"] == "not_found"
+    response = requests.get(f"{uwsgi_server.url}/v1/segment", timeout=10)
+    assert response.status_code == 405 and response.json()["error"] == "method_not_allowed"
+
+
+def test_both_workers_serve_and_metrics_add_up(uwsgi_server):
+    url = uwsgi_server.url
+    before = requests.get(f"{url}/metrics", timeout=10).text
+    data = samples.path("astronaut.jpg").read_bytes()
+
+    def post(_):
+        response = requests.post(
+            f"{url}/v1/segment",
+            data=data,
+            headers={"Content-Type": "image/jpeg", "Accept": "image/png"},
+            timeout=60,
+        )
+        assert response.status_code == 200
+        return response.headers["X-Segserve-Worker"]
+
+    with ThreadPoolExecutor(4) as pool:
+        pids = list(pool.map(post, range(16)))
+    assert len(set(pids)) == 2, pids
+
+    after = requests.get(f"{url}/metrics", timeout=10).text
+    # Whichever worker answers /metrics reports the sum over both.
+    served = "/v1/segment"
+    delta = metric(after, "segserve_requests_total", endpoint=served, status="200") - metric(
+        before, "segserve_requests_total", endpoint=served, status="200"
+    )
+    assert delta == 16
+    for stage in ("decode", "preprocess", "inference", "encode"):
+        assert metric(after, "segserve_stage_seconds_count", stage=stage) >= 16
+    assert (
+        metric(
+            after,
+            "segserve_model_loads_total",
+            arch="lraspp_mobilenet_v3_large",
+            pretrained="false",
+            device="cpu",
+        )
+        == 2
+    )
+
+
+def test_zz_stops_cleanly_and_no_worker_died(uwsgi_server):
+    # Named to run last in this module: it stops the shared server.
+    assert uwsgi_server.stop() == 0
+    log = uwsgi_server.log()
+    for sign in ("DAMN", "Respawned", "Segmentation Fault", "HARAKIRI", "Traceback"):
+        assert sign not in log, f"{sign!r} in the uWSGI log:\n{log[-3000:]}"
+    assert log.count("WSGI app 0 (mountpoint='') ready") == 2
+    assert "goodbye to uWSGI" in log
+
+
+def test_wrong_sha256_exits_non_zero(weights_file, tmp_path):
+    result = subprocess.run(
+        uwsgi_command(0),
+        env=uwsgi_env(weights_file, None, SEGSERVE_WEIGHTS_SHA256="0" * 64),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "refusing to start: weights sha256 mismatch: file " in output
+    assert f"expected {'0' * 64}" in output

@@ -1,0 +1,123 @@
+"""The whole fleet: real photos through nginx to both app hosts, failover, firewall.
+
+Tests run on the `outsider` host, a client that is in no group of the fleet, and look at
+the other hosts through testinfra's Ansible backend.
+"""
+
+import json
+import os
+
+import pytest
+import testinfra
+
+testinfra_hosts = ["outsider"]
+
+INVENTORY = os.environ["MOLECULE_INVENTORY_FILE"]
+PHOTOS = "/srv/photos"
+
+
+def fleet_host(name):
+    return testinfra.get_host(f"ansible://{name}?ansible_inventory={INVENTORY}")
+
+
+def address(name):
+    return fleet_host(name).interface("eth0").addresses[0]
+
+
+@pytest.fixture(scope="module")
+def lb_url():
+    return f"http://{address('lb1')}"
+
+
+@pytest.fixture(scope="module")
+def photos(host):
+    names = host.check_output(f"ls {PHOTOS}/*.jpg").split()
+    assert len(names) >= 2, names
+    return names
+
+
+def post_image(host, url, image, accept="application/json", out="/tmp/out"):
+    """POST an image through nginx; returns (status, response path)."""
+    status = host.check_output(
+        f"curl -sS --max-time 60 -o {out} -w '%{{http_code}}' "
+        f"-H 'Content-Type: image/jpeg' -H 'Accept: {accept}' "
+        f"--data-binary @{image} {url}/v1/segment"
+    )
+    return int(status), out
+
+
+def image_size(host, path):
+    # The client has no Pillow: read the size with the lb-independent `file` output.
+    return host.check_output(
+        "python3 -c \"import struct,sys; d=open(sys.argv[1],'rb').read(); "
+        "print(*struct.unpack('>II', d[16:24]))\" " + path
+    )
+
+
+def test_json_masks_for_real_photos(host, lb_url, photos):
+    for photo in photos:
+        status, out = post_image(host, lb_url, photo)
+        assert status == 200, host.file(out).content_string
+        body = json.loads(host.file(out).content_string)
+        assert len(body["mask"]) == body["height"]
+        assert all(len(row) == body["width"] for row in body["mask"])
+        present = {v for row in body["mask"] for v in row}
+        assert present <= {int(k) for k in body["classes"]}
+        assert present <= set(range(21))
+
+
+def test_png_mask_has_the_photo_size(host, lb_url, photos):
+    status, out = post_image(host, lb_url, photos[0], accept="image/png", out="/tmp/mask.png")
+    assert status == 200
+    assert host.check_output(f"head -c 8 {out} | od -An -c").split()[1:4] == ["P", "N", "G"]
+    json_status, json_out = post_image(host, lb_url, photos[0])
+    body = json.loads(host.file(json_out).content_string)
+    assert image_size(host, out).split() == [str(body["width"]), str(body["height"])]
+
+
+def test_both_app_hosts_served(host, lb_url, photos):
+    for _ in range(8):
+        status, _ = post_image(host, lb_url, photos[0], accept="image/png")
+        assert status == 200
+    log = fleet_host("lb1").file("/var/log/nginx/segserve_access.log").content_string
+    upstreams = {json.loads(line).get("upstream_addr", "") for line in log.splitlines() if line}
+    for app in ("app1", "app2"):
+        assert any(address(app) in u for u in upstreams), (app, upstreams)
+
+
+def test_bad_input_is_a_json_400_through_nginx(host, lb_url):
+    out = host.run(
+        f"curl -sS -w '\\n%{{http_code}}' -H 'Content-Type: image/jpeg' "
+        f"--data-binary 'definitely not a jpeg' {lb_url}/v1/segment"
+    ).stdout.rsplit("\n", 1)
+    assert out[1] == "400"
+    assert json.loads(out[0])["error"]
+
+
+def test_requests_succeed_with_one_app_host_stopped(host, lb_url, photos):
+    app1 = fleet_host("app1")
+    app1.run("systemctl stop segserve")
+    try:
+        for _ in range(6):
+            status, _ = post_image(host, lb_url, photos[0], accept="image/png")
+            assert status == 200
+    finally:
+        app1.run("systemctl start segserve")
+    ready = app1.run(
+        "for i in $(seq 120); do curl -sf http://127.0.0.1:8002/readyz && exit 0; sleep 1; done; exit 1"
+    )
+    assert ready.rc == 0
+
+
+def test_uwsgi_port_refuses_non_lb_host(host):
+    result = host.run(f"curl -sS --max-time 5 http://{address('app1')}:8001/")
+    assert result.rc != 0
+    assert "refused" in result.stderr.lower() or "reset" in result.stderr.lower()
+
+
+def test_uwsgi_port_accepts_the_load_balancer(host):
+    lb1 = fleet_host("lb1")
+    connect = lb1.run(
+        f"python3 -c \"import socket; socket.create_connection(('{address('app1')}', 8001), 5)\""
+    )
+    assert connect.rc == 0, connect.stderr

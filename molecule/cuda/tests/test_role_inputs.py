@@ -1,0 +1,34 @@
+"""Controller-side checks of the role's inputs: defaults and argument spec stay in step."""
+
+import os
+
+import yaml
+
+ROLE = os.path.join(os.environ.get("MOLECULE_PROJECT_DIRECTORY", "."), "roles", "cuda")
+
+
+def _load(*parts):
+    with open(os.path.join(ROLE, *parts), encoding="utf-8") as handle:
+        return yaml.safe_load(handle)
+
+
+def test_defaults_and_argument_spec_name_the_same_inputs():
+    defaults = set(_load("defaults", "main.yml"))
+    spec = set(_load("meta", "argument_specs.yml")["argument_specs"]["main"]["options"])
+    assert defaults == spec, {
+        "only in defaults": defaults - spec,
+        "only in spec": spec - defaults,
+    }
+
+
+def test_spec_defaults_equal_role_defaults():
+    defaults = _load("defaults", "main.yml")
+    options = _load("meta", "argument_specs.yml")["argument_specs"]["main"]["options"]
+    for name, option in options.items():
+        if "default" in option:
+            assert option["default"] == defaults[name], name
+
+
+def test_min_driver_table_covers_torch_default():
+    table = _load("vars", "main.yml")["__cuda_min_driver_for_cuda"]
+    assert _load("defaults", "main.yml")["cuda_torch_cuda_version"] in table

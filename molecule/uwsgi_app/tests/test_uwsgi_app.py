@@ -1,0 +1,125 @@
+"""The uwsgi_app role on one host: the service, its sandbox, its sockets, real inference."""
+
+import json
+
+SERVICE = "segserve"
+HEALTH = "http://127.0.0.1:8002"
+
+
+def curl(host, *args):
+    result = host.run("curl -sS --max-time 60 " + " ".join(args))
+    assert result.rc == 0, result.stderr
+    return result.stdout
+
+
+def sample_image(host):
+    path = host.run(
+        "/opt/segserve/venv/bin/python -c "
+        "'import segserve.samples as s; print(s.path())'"
+    ).stdout.strip()
+    assert host.file(path).exists, path
+    return path
+
+
+def test_service_running_and_enabled(host):
+    service = host.service(SERVICE)
+    assert service.is_running
+    assert service.is_enabled
+
+
+def test_service_user_has_no_login_shell(host):
+    user = host.user("segserve")
+    assert user.shell in ("/usr/sbin/nologin", "/sbin/nologin")
+    assert user.uid < 1000
+
+
+def test_workers_run_as_service_user(host):
+    owners = host.check_output("ps -o user= -C uwsgi | sort -u").split()
+    assert owners == ["segserve"]
+
+
+def test_uwsgi_socket_on_private_address_only(host):
+    address = host.interface("eth0").addresses[0]
+    assert host.socket(f"tcp://{address}:8001").is_listening
+    assert not host.socket("tcp://0.0.0.0:8001").is_listening
+
+
+def test_health_and_stats_on_loopback_only(host):
+    assert host.socket("tcp://127.0.0.1:8002").is_listening
+    assert host.socket("tcp://127.0.0.1:9191").is_listening
+    assert not host.socket("tcp://0.0.0.0:8002").is_listening
+
+
+def test_ready(host):
+    assert json.loads(curl(host, f"{HEALTH}/readyz"))
+
+
+def test_model_reports_untrained_weights(host):
+    model = json.loads(curl(host, f"{HEALTH}/v1/model"))
+    assert model["arch"] == "lraspp_mobilenet_v3_large"
+    assert model["pretrained"] is False
+    expected = host.file("/etc/segserve/segserve.env").content_string
+    assert f"SEGSERVE_WEIGHTS_SHA256={model['weights_sha256']}" in expected
+
+
+def test_two_workers_from_the_setting(host):
+    stats = json.loads(host.check_output("curl -sS http://127.0.0.1:9191"))
+    assert len(stats["workers"]) == 2
+
+
+def test_segment_real_image_as_png(host):
+    image = sample_image(host)
+    out = "/tmp/mask.png"
+    curl(
+        host,
+        "-H 'Content-Type: image/jpeg' -H 'Accept: image/png'",
+        f"--data-binary @{image}",
+        f"-o {out} -w '%{{http_code}}'",
+        f"{HEALTH}/v1/segment",
+    )
+    sizes = host.check_output(
+        "/opt/segserve/venv/bin/python -c "
+        f"\"from PIL import Image; a=Image.open('{image}'); b=Image.open('{out}'); "
+        "print(a.size == b.size, b.mode, max(b.getdata()) <= 20)\""
+    )
+    assert sizes.split() == ["True", "L", "True"]
+
+
+def test_bad_input_gets_json_error_and_service_survives(host):
+    body = curl(host, "-H 'Content-Type: image/png'", "--data-binary 'not an image'",
+                f"{HEALTH}/v1/segment")
+    assert json.loads(body)["error"]
+    assert host.service(SERVICE).is_running
+    assert json.loads(curl(host, f"{HEALTH}/readyz"))
+
+
+def test_weights_readable_by_service_only(host):
+    weights = host.check_output("ls /opt/segserve/weights/*.pth")
+    f = host.file(weights)
+    assert f.user == "root" and f.group == "segserve" and f.mode == 0o640
+
+
+def test_firewall_rejects_non_lb_source(host):
+    """No lb host in this scenario: nobody may reach the uwsgi port, not even the host."""
+    address = host.interface("eth0").addresses[0]
+    result = host.run(f"curl -sS --max-time 5 http://{address}:8001/")
+    assert result.rc != 0
+    assert "refused" in result.stderr.lower() or "reset" in result.stderr.lower()
+
+
+def test_unit_is_sandboxed(host):
+    props = host.check_output(
+        f"systemctl show {SERVICE} -p NoNewPrivileges -p ProtectSystem -p ProtectHome "
+        "-p PrivateTmp -p User"
+    )
+    assert "NoNewPrivileges=yes" in props
+    assert "ProtectSystem=strict" in props
+    assert "ProtectHome=yes" in props
+    assert "PrivateTmp=yes" in props
+    assert "User=segserve" in props
+
+
+def test_metrics_aggregate_workers(host):
+    text = curl(host, f"{HEALTH}/metrics")
+    assert "segserve_stage_seconds" in text
+    assert "segserve_requests_total" in text
