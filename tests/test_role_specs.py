@@ -36,6 +36,11 @@ def test_every_input_is_described(role):
 
 @pytest.mark.parametrize("role", ROLES, ids=lambda p: p.name)
 def test_role_has_the_house_files(role):
-    for rel in ("README.md", "defaults/main.yml", "meta/argument_specs.yml",
-                "tasks/main.yml", "tasks/preflight.yml"):
+    for rel in (
+        "README.md",
+        "defaults/main.yml",
+        "meta/argument_specs.yml",
+        "tasks/main.yml",
+        "tasks/preflight.yml",
+    ):
         assert (role / rel).is_file(), rel

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Print a meta/argument_specs.yml skeleton from a role's defaults/main.yml.
 
-Defaults stay in defaults/main.yml only (one place, no drift). Each input's description is the comment block above it in defaults; its type is guessed
+Defaults stay in defaults/main.yml only (one place, no drift). Each input's description
+is the comment block above it in defaults; its type is guessed
 from the default value. Review the output (choices, element types) before committing it.
 Usage: tools/gen_argument_specs.py roles/NAME
 """

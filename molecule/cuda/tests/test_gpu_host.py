@@ -14,9 +14,7 @@ DROPIN = "/etc/systemd/system/nvidia-persistenced.service.d/10-persistence-mode.
 
 
 def _expected_fingerprint():
-    path = os.path.join(
-        os.environ["MOLECULE_EPHEMERAL_DIRECTORY"], "cuda-test-keyring.fpr"
-    )
+    path = os.path.join(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"], "cuda-test-keyring.fpr")
     with open(path, encoding="ascii") as handle:
         return handle.read().strip()
 
@@ -85,9 +83,7 @@ def test_nouveau_blacklisted_for_modprobe(host):
 
 def test_persistenced_unmasked(host, journal):
     unit = host.file(PERSISTENCED)
-    assert not (unit.is_symlink and unit.linked_to == "/dev/null"), journal(
-        "nvidia-persistenced"
-    )
+    assert not (unit.is_symlink and unit.linked_to == "/dev/null"), journal("nvidia-persistenced")
     state = host.run("systemctl is-enabled nvidia-persistenced.service").stdout.strip()
     assert state != "masked", journal("nvidia-persistenced")
 
@@ -96,9 +92,7 @@ def test_persistenced_dropin_turns_persistence_mode_on(host):
     dropin = host.file(DROPIN)
     assert dropin.mode == 0o644
     exec_lines = [
-        line
-        for line in dropin.content_string.splitlines()
-        if line.startswith("ExecStart=")
+        line for line in dropin.content_string.splitlines() if line.startswith("ExecStart=")
     ]
     assert exec_lines[0] == "ExecStart=", exec_lines  # clears the packaged command
     assert "--persistence-mode" in exec_lines[1].split(), exec_lines
