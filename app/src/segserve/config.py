@@ -24,12 +24,21 @@ KNOWN = {
     "WEIGHTS_SHA256": (None, "expected sha256 of the weights file"),
     "ARCH": (None, "expected architecture; the weights file records its own"),
     "DEVICE": ("auto", "auto, cpu, cuda or cuda:N"),
-    "TORCH_THREADS": (1, "torch intra-op and inter-op threads per worker"),
+    "TORCH_THREADS": (1, "intra-op threads per worker (torch and onnxruntime)"),
+    "THREADS": (None, "alias of TORCH_THREADS, for backends other than torch"),
     "MAX_IMAGE_BYTES": (10 * 1024 * 1024, "largest accepted request body in bytes"),
     "MAX_PIXELS": (40_000_000, "largest accepted image in pixels (decompression bombs)"),
     "INPUT_SIZE": (520, "short side the image is resized to before inference"),
-    "BACKEND": ("torch", "inference backend"),
+    "BACKEND": ("torch", "inference backend: torch or onnxruntime"),
+    "ONNX_PATH": (None, "the ONNX artifact (segserve-weights export-onnx); onnxruntime only"),
+    "ONNX_SHA256": (None, "expected sha256 of the ONNX artifact"),
+    "TORCH_HALF": (False, "torch on CUDA: float16 inference (unmeasured, off)"),
+    "TORCH_CHANNELS_LAST": (False, "torch: channels_last memory format (unmeasured on GPU, off)"),
+    "CUDNN_BENCHMARK": (False, "torch on CUDA: cudnn.benchmark (unmeasured, off)"),
 }
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
@@ -46,6 +55,11 @@ class Settings:
     max_pixels: int = KNOWN["MAX_PIXELS"][0]
     input_size: int = 520
     backend: str = "torch"
+    onnx_path: str | None = None
+    onnx_sha256: str | None = None
+    torch_half: bool = False
+    torch_channels_last: bool = False
+    cudnn_benchmark: bool = False
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> Settings:
@@ -69,11 +83,7 @@ class Settings:
                 "(make one with `segserve-weights init OUT.pth`)"
             )
 
-        sha = raw("WEIGHTS_SHA256")
-        if sha is not None:
-            sha = str(sha).lower()
-            if not _SHA256.match(sha):
-                raise ConfigError(f"{PREFIX}_WEIGHTS_SHA256 must be 64 hex digits, got {sha!r}")
+        sha = _sha256("WEIGHTS_SHA256", raw("WEIGHTS_SHA256"))
 
         arch = raw("ARCH")
         if arch is not None and arch not in ARCHS:
@@ -89,21 +99,69 @@ class Settings:
                 f"{PREFIX}_BACKEND must be one of {', '.join(BACKENDS)}, got {backend!r}"
             )
 
+        onnx_path = raw("ONNX_PATH")
+        if backend == "onnxruntime" and onnx_path is None:
+            raise ConfigError(
+                f"{PREFIX}_BACKEND=onnxruntime needs {PREFIX}_ONNX_PATH: the artifact made by "
+                "`segserve-weights export-onnx WEIGHTS.pth OUT.onnx`"
+            )
+        if backend == "onnxruntime" and device.startswith("cuda"):
+            raise ConfigError(
+                f"{PREFIX}_BACKEND=onnxruntime runs on the CPU; set {PREFIX}_DEVICE=cpu (or auto), "
+                f"or use {PREFIX}_BACKEND=torch on GPU hosts"
+            )
+
+        # SEGSERVE_THREADS is a backend-neutral alias; both set to different values is a typo.
+        threads = _positive_int("TORCH_THREADS", raw("TORCH_THREADS"))
+        if raw("THREADS") is not None:
+            alias = _positive_int("THREADS", raw("THREADS"))
+            if values.get("TORCH_THREADS") not in (None, "") and alias != threads:
+                raise ConfigError(
+                    f"{PREFIX}_THREADS={alias} and {PREFIX}_TORCH_THREADS={threads} disagree; "
+                    "set one of them"
+                )
+            threads = alias
+
         return cls(
             weights_path=str(path),
             weights_sha256=sha,
             arch=arch,
             device=device,
-            torch_threads=_positive_int("TORCH_THREADS", raw("TORCH_THREADS")),
+            torch_threads=threads,
             max_image_bytes=_positive_int("MAX_IMAGE_BYTES", raw("MAX_IMAGE_BYTES")),
             max_pixels=_positive_int("MAX_PIXELS", raw("MAX_PIXELS")),
             input_size=_positive_int("INPUT_SIZE", raw("INPUT_SIZE"), low=16, high=4096),
             backend=backend,
+            onnx_path=None if onnx_path is None else str(onnx_path),
+            onnx_sha256=_sha256("ONNX_SHA256", raw("ONNX_SHA256")),
+            torch_half=_bool("TORCH_HALF", raw("TORCH_HALF")),
+            torch_channels_last=_bool("TORCH_CHANNELS_LAST", raw("TORCH_CHANNELS_LAST")),
+            cudnn_benchmark=_bool("CUDNN_BENCHMARK", raw("CUDNN_BENCHMARK")),
         )
 
 
 def unknown_keys(values: Mapping[str, Any]) -> list[str]:
     return sorted(f"{PREFIX}_{key}" for key in values if key not in KNOWN)
+
+
+def _sha256(name: str, value: Any) -> str | None:
+    if value is None:
+        return None
+    sha = str(value).lower()
+    if not _SHA256.match(sha):
+        raise ConfigError(f"{PREFIX}_{name} must be 64 hex digits, got {sha!r}")
+    return sha
+
+
+def _bool(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ConfigError(f"{PREFIX}_{name} must be true or false, got {value!r}")
 
 
 def _positive_int(name: str, value: Any, *, low: int = 1, high: int | None = None) -> int:

@@ -56,18 +56,15 @@ class SegmentationHandler:
 
     def initialize(self) -> None:
         """Load the weights, build the backend, run one warm-up inference."""
-        import torch
-
         from segserve import weights as weights_mod
 
         s = self.settings
-        self.device = resolve_device(s.device)
+        # ONNX Runtime runs on the CPU here: "auto" means the best this backend can use.
+        self.device = resolve_device("cpu" if s.backend == "onnxruntime" else s.device)
         self.weights = weights_mod.load(
             s.weights_path, expected_sha256=s.weights_sha256, expected_arch=s.arch
         )
-        self._mean = torch.tensor(MEAN).view(3, 1, 1)
-        self._std = torch.tensor(STD).view(3, 1, 1)
-        self.backend = create_backend(s.backend, self.weights, self.device)
+        self.backend = create_backend(s.backend, self.weights, self.device, s)
         started = time.perf_counter()
         self.warm_up()
         self.warmup_seconds = time.perf_counter() - started
@@ -88,19 +85,7 @@ class SegmentationHandler:
         )
 
     def preprocess(self, decoded: DecodedImage) -> torch.Tensor:
-        """Resize the short side to the input size (bilinear, antialiased) and normalise,
-        as torchvision's SemanticSegmentation preset does for these weights."""
-        import torch
-
-        size = self.settings.input_size
-        image = decoded.image
-        target = resized_size(image.width, image.height, size, size * MAX_ASPECT)
-        if target != image.size:
-            image = image.resize(target, Image.Resampling.BILINEAR)
-        pixels = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy())
-        tensor = pixels.permute(2, 0, 1).float().div_(255.0)
-        tensor = tensor.sub_(self._mean).div_(self._std)
-        return tensor.unsqueeze(0).contiguous()
+        return to_batch(decoded.image, self.settings.input_size)
 
     def infer(self, batch: torch.Tensor) -> torch.Tensor:
         return self.backend.infer(batch)
@@ -142,6 +127,7 @@ class SegmentationHandler:
         info = {
             "arch": w.arch,
             "backend": self.settings.backend,
+            "backend_details": self.backend.describe(),
             "device": self.device,
             "input_size": self.settings.input_size,
             "num_classes": w.num_classes,
@@ -163,6 +149,22 @@ UNTRAINED_WARNING = (
     "UNTRAINED weights (a seeded initialisation, not a trained model): the masks are "
     "meaningless; make real weights with `segserve-weights export`"
 )
+
+
+def to_batch(image: Image.Image, input_size: int) -> torch.Tensor:
+    """An RGB image as the model's (1, 3, H, W) float32 input: short side resized to
+    `input_size` (bilinear, antialiased), ImageNet normalisation, as torchvision's
+    SemanticSegmentation preset does for these weights. Shared by every backend and by the
+    conversion's equivalence check."""
+    import torch
+
+    target = resized_size(image.width, image.height, input_size, input_size * MAX_ASPECT)
+    if target != image.size:
+        image = image.resize(target, Image.Resampling.BILINEAR)
+    pixels = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy())
+    tensor = pixels.permute(2, 0, 1).float().div_(255.0)
+    tensor = tensor.sub_(torch.tensor(MEAN).view(3, 1, 1)).div_(torch.tensor(STD).view(3, 1, 1))
+    return tensor.unsqueeze(0).contiguous()
 
 
 def resolve_device(device: str) -> str:

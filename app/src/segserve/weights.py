@@ -64,8 +64,21 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
-def init_payload(arch: str, seed: int) -> dict[str, Any]:
-    """An untrained, seeded initialisation: the same seed gives the same tensors."""
+# init --varied-masks: the final classifier convolutions' weights are multiplied by this and
+# their biases zeroed (see init_payload).
+VARIED_MASKS_SCALE = 1000.0
+
+
+def init_payload(arch: str, seed: int, *, varied_masks: bool = False) -> dict[str, Any]:
+    """An untrained, seeded initialisation: the same seed gives the same tensors.
+
+    A plain init gives one class everywhere (its classifier biases dominate tiny logits).
+    `varied_masks` makes a TEST DEVICE, not a model: the classifier convolutions that output
+    the class logits get zero bias and weights scaled by VARIED_MASKS_SCALE, so that the
+    logits follow the image (spread about 1-2, like a trained model's order of magnitude)
+    and a mask holds 15-20 classes. Its masks are still meaningless; what it is for is an
+    equivalence check that is not trivially passed by uniform masks.
+    """
     import torch
 
     _check_arch(arch)
@@ -73,9 +86,16 @@ def init_payload(arch: str, seed: int) -> dict[str, Any]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = build_model(arch, NUM_CLASSES)
-    return _payload(
-        arch, model.state_dict(), pretrained=False, source=f"init:seed={seed}", seed=seed
-    )
+    source = f"init:seed={seed}"
+    if varied_masks:
+        source += ":varied-masks"
+        with torch.no_grad():
+            for module in model.classifier.modules():
+                if isinstance(module, torch.nn.Conv2d) and module.out_channels == NUM_CLASSES:
+                    module.weight.mul_(VARIED_MASKS_SCALE)
+                    if module.bias is not None:
+                        module.bias.zero_()
+    return _payload(arch, model.state_dict(), pretrained=False, source=source, seed=seed)
 
 
 def pretrained_payload(arch: str, state_dict_file: str | None = None) -> dict[str, Any]:

@@ -2,9 +2,11 @@
 
     segserve-weights init   [--arch A] [--seed N] OUT.pth   untrained, seeded (offline labs, tests)
     segserve-weights export [--arch A] [--from-file F] OUT.pth   torchvision's pretrained weights
-    segserve-weights info   [--json] FILE
+    segserve-weights export-onnx [--input-size N] [--threshold F] [--force] [--if-changed]
+                                 IN.pth OUT.onnx      convert for SEGSERVE_BACKEND=onnxruntime
+    segserve-weights info   [--json] FILE             a weights file or an ONNX artifact
 
-init and export print only the file's sha256 (64 hex digits) on stdout, so that
+init, export and export-onnx print only the written file's sha256 (64 hex digits) on stdout, so that
 `SHA=$(segserve-weights init w.pth)` captures it; what was written is told on stderr.
 Errors are one line on stderr and exit status 1.
 """
@@ -36,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
 def _init(args: argparse.Namespace) -> int:
     from segserve import weights
 
-    sha = weights.save(weights.init_payload(args.arch, args.seed), args.out)
+    payload = weights.init_payload(args.arch, args.seed, varied_masks=args.varied_masks)
+    sha = weights.save(payload, args.out)
     print(
         f"wrote {args.out}: {args.arch}, UNTRAINED (seeded init, seed={args.seed}): "
         "its masks are meaningless, for tests and offline labs only",
@@ -56,9 +59,72 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_onnx(args: argparse.Namespace) -> int:
+    import torch
+
+    from segserve import convert, weights
+
+    source = weights.load(args.weights, expected_sha256=args.sha256)
+    if args.if_changed and _onnx_is_current(args, source.sha256):
+        from segserve.weights import file_sha256
+
+        print(f"{args.out} is up to date (converted from {source.sha256})", file=sys.stderr)
+        print(file_sha256(args.out))
+        return 0
+    torch.set_num_threads(args.threads)
+    sha, figures, meta = convert.export_onnx(
+        source,
+        args.out,
+        input_size=args.input_size,
+        threshold=args.threshold,
+        force=args.force,
+        threads=args.threads,
+    )
+    print(figures.table(), file=sys.stderr)
+    forced = meta["agreement_forced"] == "true"
+    print(
+        f"wrote {args.out}: {source.arch} from {args.weights} (sha256 {source.sha256}), "
+        f"pixel agreement with eager float32 {figures.pixel_agreement:.4%} over "
+        f"{len(figures.images)} images at input size {args.input_size}"
+        + (f"; FORCED below the threshold {args.threshold:.2%}" if forced else ""),
+        file=sys.stderr,
+    )
+    if not source.pretrained:
+        print(
+            "note: untrained weights: agreement on their masks says little; see the logit "
+            "difference and close calls above",
+            file=sys.stderr,
+        )
+    print(sha)
+    return 0
+
+
+def _onnx_is_current(args: argparse.Namespace, weights_sha: str) -> bool:
+    """An existing artifact made from the same weights with the same settings, and not forced."""
+    import os
+
+    from segserve.backends import ONNX_FORMAT, read_onnx_metadata
+
+    if not os.path.isfile(args.out):
+        return False
+    try:
+        meta = read_onnx_metadata(args.out)
+    except Exception:
+        return False
+    return (
+        meta.get("format") == ONNX_FORMAT
+        and meta.get("source_weights_sha256") == weights_sha
+        and meta.get("checked_input_size") == str(args.input_size)
+        and meta.get("agreement_threshold") == str(args.threshold)
+        and meta.get("agreement_forced") == "false"
+    )
+
+
 def _info(args: argparse.Namespace) -> int:
     from segserve import weights
 
+    if args.file.endswith(".onnx"):
+        return _onnx_info(args)
     meta = weights.load(args.file).metadata()
     if args.json:
         print(json.dumps(meta, indent=2))
@@ -72,11 +138,42 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _onnx_info(args: argparse.Namespace) -> int:
+    import os
+
+    from segserve.backends import ONNX_FORMAT, equivalence_summary, read_onnx_metadata
+    from segserve.weights import WeightsError, file_sha256
+
+    if not os.path.isfile(args.file):
+        raise WeightsError(f"onnx artifact not found: {args.file}")
+    meta = read_onnx_metadata(args.file)
+    if meta.get("format") != ONNX_FORMAT:
+        raise WeightsError(f"{args.file} is not a segserve onnx artifact")
+    meta = {"path": args.file, **meta, "sha256": file_sha256(args.file)}
+    if args.json:
+        meta["equivalence_images"] = json.loads(meta.get("equivalence_images", "[]"))
+        print(json.dumps(meta, indent=2))
+        return 0
+    summary = equivalence_summary(meta)
+    keys = ("path", "format", "arch", "precision", "source_weights_sha256", "input_size_policy")
+    for key in keys:
+        print(f"{key}: {meta.get(key)}")
+    print(
+        f"equivalence: pixel agreement {summary['pixel_agreement']:.4%} (worst image "
+        f"{summary['min_image_agreement']:.4%}), max |logit diff| "
+        f"{summary['max_abs_logit_diff']:.3g}, {len(summary['images'])} images, threshold "
+        f"{summary['threshold']}" + (", FORCED" if summary["forced"] else "")
+    )
+    print(f"sha256: {meta['sha256']}")
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Write and inspect segserve weights files.",
-        epilog="init and export print the sha256 of the written file on stdout (just the hex).",
+        epilog="init, export and export-onnx print the sha256 of the written file on stdout "
+        "(just the hex).",
     )
     sub = parser.add_subparsers(dest="command", required=True)
     arch_help = f"network ({', '.join(ARCHS)}; default {DEFAULT_ARCH})"
@@ -84,6 +181,12 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("init", help="write an untrained, seeded initialisation")
     p.add_argument("--arch", choices=sorted(ARCHS), default=DEFAULT_ARCH, help=arch_help)
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument(
+        "--varied-masks",
+        action="store_true",
+        help="a TEST DEVICE: rescale the classifier so masks hold many classes (still "
+        "untrained; for checking conversions, see README)",
+    )
     p.add_argument("out", help="the file to write")
     p.set_defaults(func=_init)
 
@@ -97,7 +200,39 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("out", help="the file to write")
     p.set_defaults(func=_export)
 
-    p = sub.add_parser("info", help="print a weights file's metadata and sha256")
+    p = sub.add_parser(
+        "export-onnx",
+        help="convert a weights file to ONNX for SEGSERVE_BACKEND=onnxruntime, checking that "
+        "its masks agree with eager PyTorch",
+    )
+    p.add_argument(
+        "--input-size", type=int, default=520, help="short side for the check (default 520)"
+    )
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=0.995,
+        help="least share of pixels whose class agrees with eager float32, overall and on "
+        "every image (default 0.995)",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="write the artifact even below the threshold (recorded in it, warned at start)",
+    )
+    p.add_argument(
+        "--if-changed",
+        action="store_true",
+        help="do nothing when OUT already holds a passing conversion of these weights with "
+        "these settings (prints 'up to date' on stderr)",
+    )
+    p.add_argument("--sha256", help="expected sha256 of IN.pth; a mismatch converts nothing")
+    p.add_argument("--threads", type=int, default=1, help="threads for the check (default 1)")
+    p.add_argument("weights", metavar="IN.pth", help="a segserve weights file")
+    p.add_argument("out", metavar="OUT.onnx", help="the artifact to write")
+    p.set_defaults(func=_export_onnx)
+
+    p = sub.add_parser("info", help="print a weights file's or an onnx artifact's metadata")
     p.add_argument("--json", action="store_true", help="as JSON")
     p.add_argument("file")
     p.set_defaults(func=_info)

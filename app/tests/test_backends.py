@@ -1,0 +1,305 @@
+"""Backends: the onnxruntime conversion, its equivalence check, and the refusal of a
+mismatched artifact; the torch backend's options and class-id reduction."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from segserve import convert, create_app, weights_cli
+from segserve import weights as w
+from segserve.backends import class_ids, read_onnx_metadata
+from segserve.config import Settings
+from segserve.errors import ConfigError, StartupError
+
+from conftest import INPUT_SIZE
+from photos import encode, photo
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")
+
+
+@pytest.fixture(scope="module")
+def varied_weights(tmp_path_factory):
+    """The test device whose masks hold many classes (an untrained model's are uniform)."""
+    path = tmp_path_factory.mktemp("varied") / "varied.pth"
+    w.save(w.init_payload("lraspp_mobilenet_v3_large", 0, varied_masks=True), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def converted(varied_weights):
+    out = varied_weights.with_suffix(".onnx")
+    sha, figures, meta = convert.export_onnx(w.load(varied_weights), out, input_size=INPUT_SIZE)
+    return out, sha, figures, meta
+
+
+@pytest.fixture(scope="module")
+def ort_settings(varied_weights, converted):
+    return {
+        "WEIGHTS_PATH": str(varied_weights),
+        "DEVICE": "cpu",
+        "THREADS": 1,
+        "INPUT_SIZE": INPUT_SIZE,
+        "BACKEND": "onnxruntime",
+        "ONNX_PATH": str(converted[0]),
+    }
+
+
+@pytest.fixture(scope="module")
+def ort_app(ort_settings):
+    return create_app(ort_settings)
+
+
+@pytest.fixture(scope="module")
+def torch_app(ort_settings):
+    return create_app({**ort_settings, "BACKEND": "torch"})
+
+
+# -- the torch backend ----------------------------------------------------------------------
+
+
+def test_class_ids_equal_argmax_including_ties():
+    logits = torch.randn(2, 21, 17, 23)
+    logits[:, 5] = logits[:, 9]  # exact ties: the first maximum wins, as with argmax
+    logits[0, :, 0, 0] = 0.0
+    expected = logits.argmax(dim=1).to(torch.uint8)
+    assert torch.equal(class_ids(logits), expected)
+
+
+def test_half_precision_needs_cuda(settings):
+    with pytest.raises(StartupError, match="SEGSERVE_TORCH_HALF=true needs a CUDA device"):
+        create_app({**settings, "TORCH_HALF": "true"})
+
+
+def test_channels_last_gives_the_same_masks(settings, client):
+    data = encode(photo("chelsea.jpg"), "JPEG", quality=90)
+    app = create_app({**settings, "TORCH_CHANNELS_LAST": "1"})
+    assert app.extensions["segserve"].describe()["backend_details"]["channels_last"] is True
+    mask = app.test_client().post("/v1/segment", data=data).get_json()["mask"]
+    assert mask == client.post("/v1/segment", data=data).get_json()["mask"]
+
+
+# -- settings --------------------------------------------------------------------------------
+
+
+def test_threads_alias():
+    assert Settings.from_mapping({"WEIGHTS_PATH": "/w", "THREADS": "2"}).torch_threads == 2
+    same = {"WEIGHTS_PATH": "/w", "THREADS": "2", "TORCH_THREADS": "2"}
+    assert Settings.from_mapping(same).torch_threads == 2
+    with pytest.raises(ConfigError, match="SEGSERVE_THREADS=2 and SEGSERVE_TORCH_THREADS=1"):
+        Settings.from_mapping({"WEIGHTS_PATH": "/w", "THREADS": "2", "TORCH_THREADS": "1"})
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"BACKEND": "onnxruntime"}, "SEGSERVE_BACKEND=onnxruntime needs SEGSERVE_ONNX_PATH"),
+        (
+            {"BACKEND": "onnxruntime", "ONNX_PATH": "/m.onnx", "DEVICE": "cuda"},
+            "runs on the CPU",
+        ),
+        ({"ONNX_SHA256": "xyz"}, "SEGSERVE_ONNX_SHA256 must be 64 hex digits"),
+        ({"TORCH_HALF": "maybe"}, "SEGSERVE_TORCH_HALF must be true or false"),
+    ],
+)
+def test_backend_settings_are_checked(values, message):
+    with pytest.raises(ConfigError, match=message):
+        Settings.from_mapping({"WEIGHTS_PATH": "/w.pth", **values})
+
+
+# -- conversion and equivalence --------------------------------------------------------------
+
+
+def test_varied_masks_weights_are_not_uniform(torch_app):
+    # What makes the equivalence check meaningful: many classes per mask.
+    client = torch_app.test_client()
+    for name in ("astronaut.jpg", "chelsea.jpg", "coffee.jpg"):
+        response = client.post("/v1/segment", data=encode(photo(name), "PNG"))
+        assert len(response.headers["X-Segserve-Classes"].split(",")) >= 5
+
+
+def test_conversion_records_its_provenance(converted, varied_weights):
+    out, sha, figures, meta = converted
+    assert sha == w.file_sha256(out)
+    recorded = read_onnx_metadata(out)
+    assert recorded == meta
+    assert recorded["format"] == "segserve-onnx/1"
+    assert recorded["source_weights_sha256"] == w.file_sha256(varied_weights)
+    assert recorded["arch"] == "lraspp_mobilenet_v3_large"
+    assert recorded["checked_input_size"] == str(INPUT_SIZE)
+    assert recorded["agreement_forced"] == "false"
+    images = json.loads(recorded["equivalence_images"])
+    assert len(images) >= 8
+    assert {i["name"] for i in images} >= {"astronaut.jpg", "chelsea.jpg", "coffee.jpg"}
+
+
+def test_conversion_agrees_with_eager(converted):
+    figures = converted[2]
+    assert figures.pixel_agreement >= 0.995
+    assert figures.min_image_agreement >= 0.995
+    assert figures.max_abs_logit_diff < 1e-3
+    assert min(i.classes for i in figures.images) >= 5
+
+
+def test_equivalence_check_detects_a_different_model():
+    """A candidate whose logits differ (two classes swapped) must fail the check."""
+
+    def reference(batch):
+        torch.manual_seed(0)
+        logits = torch.randn(1, 21, batch.shape[2], batch.shape[3]) * 3
+        return logits.numpy()
+
+    def swapped(batch):
+        logits = reference(batch)
+        top = logits.argmax(axis=1)
+        logits[:, [3, 4]] = logits[:, [4, 3]]
+        assert ((top == 3) | (top == 4)).any()
+        return logits
+
+    images = convert.equivalence_images()[:2]
+    same = convert.check_equivalence(reference, reference, 32, images)
+    assert same.pixel_agreement == 1.0 and same.max_abs_logit_diff == 0.0
+    different = convert.check_equivalence(reference, swapped, 32, images)
+    assert different.pixel_agreement < 0.95
+    assert not different.passes(0.995)
+
+
+def _failing(*args, **kwargs):
+    return convert.Equivalence([convert.ImageAgreement("x.jpg", "96x96", 9216, 0.9, 0.5, 100, 7)])
+
+
+def test_cli_refuses_to_write_below_the_threshold(varied_weights, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(convert, "check_equivalence", _failing)
+    out = tmp_path / "low.onnx"
+    code = weights_cli.main(["export-onnx", "--input-size", "64", str(varied_weights), str(out)])
+    assert code == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "agrees with eager PyTorch on 90.0000% of pixels" in captured.err
+    assert len(captured.err.strip().splitlines()) == 1
+    assert not out.exists()
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".segserve-onnx-")]
+
+
+def test_forced_artifact_is_recorded_and_warned(
+    varied_weights, tmp_path, monkeypatch, capsys, caplog
+):
+    monkeypatch.setattr(convert, "check_equivalence", _failing)
+    out = tmp_path / "forced.onnx"
+    args = ["export-onnx", "--force", "--input-size", "64", str(varied_weights), str(out)]
+    assert weights_cli.main(args) == 0
+    assert "FORCED below the threshold" in capsys.readouterr().err
+    assert read_onnx_metadata(out)["agreement_forced"] == "true"
+    monkeypatch.undo()
+    settings = {
+        "WEIGHTS_PATH": str(varied_weights),
+        "DEVICE": "cpu",
+        "INPUT_SIZE": 64,
+        "BACKEND": "onnxruntime",
+        "ONNX_PATH": str(out),
+    }
+    with caplog.at_level(logging.WARNING, logger="segserve"):
+        app = create_app(settings)
+    assert "written with --force below its agreement threshold" in caplog.text
+    equivalence = app.extensions["segserve"].describe()["backend_details"]["equivalence"]
+    assert equivalence["forced"] is True
+
+
+def test_cli_export_onnx(varied_weights, tmp_path):
+    out = tmp_path / "cli.onnx"
+    cli = os.path.join(os.path.dirname(sys.executable), "segserve-weights")
+    args = [cli, "export-onnx", "--if-changed", "--input-size", "64", str(varied_weights), str(out)]
+    first = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout == w.file_sha256(out) + "\n"
+    assert "overall" in first.stderr and "pixel agreement with eager float32" in first.stderr
+    again = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and again.stdout == first.stdout
+    assert "is up to date" in again.stderr
+    info = subprocess.run([cli, "info", "--json", str(out)], capture_output=True, text=True)
+    meta = json.loads(info.stdout)
+    assert meta["source_weights_sha256"] == w.file_sha256(varied_weights)
+    assert len(meta["equivalence_images"]) == 12
+
+
+# -- serving with onnxruntime ---------------------------------------------------------------
+
+
+def test_model_states_backend_and_agreement(ort_app, converted):
+    info = ort_app.test_client().get("/v1/model").get_json()
+    assert info["backend"] == "onnxruntime"
+    details = info["backend_details"]
+    assert details["onnx_sha256"] == converted[1]
+    assert details["intra_op_threads"] == 1 and details["inter_op_threads"] == 1
+    assert details["equivalence"]["pixel_agreement"] >= 0.995
+    assert len(details["equivalence"]["images"]) == 12
+
+
+@pytest.mark.parametrize("name", ["astronaut.jpg", "chelsea.jpg", "coffee.jpg"])
+def test_onnxruntime_masks_match_torch(ort_app, torch_app, name):
+    data = encode(photo(name), "JPEG", quality=90)
+    ours = ort_app.test_client().post("/v1/segment", data=data, headers={"Accept": "image/png"})
+    theirs = torch_app.test_client().post("/v1/segment", data=data, headers={"Accept": "image/png"})
+    assert ours.status_code == theirs.status_code == 200
+    a = np.asarray(Image.open(io.BytesIO(ours.data)))
+    b = np.asarray(Image.open(io.BytesIO(theirs.data)))
+    assert (a == b).mean() >= 0.995
+    assert len(np.unique(b)) >= 5
+
+
+def test_mismatched_artifact_is_refused(ort_settings, weights_file, caplog):
+    # The artifact was converted from the varied weights; these are other weights.
+    with caplog.at_level(logging.ERROR, logger="segserve"), pytest.raises(StartupError):
+        create_app({**ort_settings, "WEIGHTS_PATH": str(weights_file)})
+    line = next(r.getMessage() for r in caplog.records if r.levelno == logging.ERROR)
+    assert line.startswith("refusing to start: onnx artifact mismatch: ")
+    assert (
+        f"was converted from weights sha256 {w.file_sha256(ort_settings['WEIGHTS_PATH'])}" in line
+    )
+    assert "\n" not in line
+
+
+def test_onnx_sha256_mismatch_is_refused(ort_settings):
+    with pytest.raises(StartupError, match="onnx sha256 mismatch: file .* expected 0{64}"):
+        create_app({**ort_settings, "ONNX_SHA256": "0" * 64})
+
+
+def test_onnx_sha256_match_is_accepted(ort_settings, converted):
+    app = create_app({**ort_settings, "ONNX_SHA256": converted[1].upper()})
+    assert app.extensions["segserve"].ready
+
+
+def test_missing_or_foreign_artifact_is_refused(ort_settings, tmp_path, converted):
+    with pytest.raises(StartupError, match="onnx artifact not found"):
+        create_app({**ort_settings, "ONNX_PATH": str(tmp_path / "none.onnx")})
+    import onnx
+
+    plain = onnx.load(converted[0])
+    del plain.metadata_props[:]
+    onnx.save(plain, tmp_path / "plain.onnx")
+    with pytest.raises(StartupError, match="is not a segserve onnx artifact"):
+        create_app({**ort_settings, "ONNX_PATH": str(tmp_path / "plain.onnx")})
+    (tmp_path / "junk.onnx").write_bytes(b"not a protobuf")
+    with pytest.raises(StartupError, match="cannot load onnx artifact"):
+        create_app({**ort_settings, "ONNX_PATH": str(tmp_path / "junk.onnx")})
+
+
+def test_torch_backend_does_not_import_onnxruntime(weights_file):
+    code = (
+        "import sys; from segserve import create_app; "
+        f"create_app({{'WEIGHTS_PATH': {str(weights_file)!r}, 'DEVICE': 'cpu', "
+        "'INPUT_SIZE': 64}); "
+        "assert 'onnxruntime' not in sys.modules and 'onnx' not in sys.modules"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
