@@ -36,6 +36,8 @@ def type_of(value) -> str:
         return "bool"
     if isinstance(value, int):
         return "int"
+    if isinstance(value, float):
+        return "float"
     if isinstance(value, list):
         return "list"
     if isinstance(value, dict):
