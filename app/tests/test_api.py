@@ -49,6 +49,12 @@ def test_model_describes_weights(client, weights_sha):
     assert list(info["classes"]) == [str(i) for i in range(21)]
 
 
+def test_model_reports_the_installed_app_version(client):
+    from importlib.metadata import version
+
+    assert client.get("/v1/model").get_json()["app_version"] == version("segserve")
+
+
 @pytest.mark.parametrize("name", sorted(GOOD))
 def test_segment_json_for_every_format(client, name):
     data, (width, height) = GOOD[name]

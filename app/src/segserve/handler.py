@@ -120,11 +120,18 @@ class SegmentationHandler:
     # -- description ----------------------------------------------------------------------
 
     def describe(self) -> dict:
+        from importlib.metadata import PackageNotFoundError, version
+
         import torch
         import torchvision
 
+        try:
+            app_version = version("segserve")
+        except PackageNotFoundError:  # running from a source tree that was never installed
+            app_version = "unknown"
         w = self.weights
         info = {
+            "app_version": app_version,
             "arch": w.arch,
             "backend": self.settings.backend,
             "backend_details": self.backend.describe(),
