@@ -1,0 +1,92 @@
+"""The in-process ceiling on one app host: the service's own handler, no HTTP, no uWSGI.
+
+Run inside an app host with the service's virtualenv and settings (scripts/bench does it):
+
+    /opt/segserve/venv/bin/python ceiling.py IMAGE [--backend torch|onnxruntime] [-n 40]
+
+Reads the service's settings from /etc/segserve/segserve.env (weights, artifact, threads,
+input size), so the model, weights, input size and thread count are the served ones; the
+backend may be overridden. Prints one JSON line: images/s and median ms for decode to PNG,
+decode to JSON and inference alone, one process, as one uWSGI worker runs them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+
+
+def read_env(path: str) -> dict[str, str]:
+    env = {}
+    with open(path) as fh:
+        for line in fh:
+            line = line.strip()
+            if line and not line.startswith("#") and "=" in line:
+                key, value = line.split("=", 1)
+                env[key] = value
+    return env
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("image")
+    parser.add_argument("--backend", default=None)
+    parser.add_argument("-n", type=int, default=40)
+    parser.add_argument("--env-file", default="/etc/segserve/segserve.env")
+    args = parser.parse_args()
+
+    env = read_env(args.env_file)
+    for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[key] = env.get(key, "1")
+    import torch
+
+    from segserve.config import Settings
+    from segserve.handler import SegmentationHandler
+    from segserve.images import encode_png, mask_to_json
+
+    threads = int(env.get("SEGSERVE_TORCH_THREADS", "1"))
+    torch.set_num_threads(threads)
+    torch.set_num_interop_threads(threads)
+    mapping = {k.removeprefix("SEGSERVE_"): v for k, v in env.items() if k.startswith("SEGSERVE_")}
+    if args.backend:
+        mapping["BACKEND"] = args.backend
+        if args.backend == "torch":
+            mapping.pop("ONNX_PATH", None)
+            mapping.pop("ONNX_SHA256", None)
+    handler = SegmentationHandler(Settings.from_mapping(mapping))
+    handler.initialize()
+    with open(args.image, "rb") as fh:
+        data = fh.read()
+    batch = handler.preprocess(handler.decode(data))
+
+    def run(fn):
+        fn()
+        times = []
+        for _ in range(args.n):
+            started = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - started)
+        return {
+            "images_per_s": len(times) / sum(times),
+            "median_ms": statistics.median(times) * 1000,
+        }
+
+    out = {
+        "backend": mapping.get("BACKEND", "torch"),
+        "threads": threads,
+        "input_size": int(mapping.get("INPUT_SIZE", 520)),
+        "n": args.n,
+        "png": run(lambda: encode_png(handler.handle(data).mask)),
+        "json": run(lambda: mask_to_json(handler.handle(data).mask)),
+        "inference": run(lambda: handler.infer(batch)),
+        "png_bytes": len(encode_png(handler.handle(data).mask)),
+        "json_bytes": len(mask_to_json(handler.handle(data).mask)),
+    }
+    print("CEILJSON " + json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
