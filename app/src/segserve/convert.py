@@ -28,10 +28,8 @@ tests run it on `init --varied-masks` weights, whose masks hold many classes.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import tempfile
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -203,7 +201,7 @@ def export_onnx(
     import torch
 
     from segserve.models import build_model
-    from segserve.weights import file_sha256
+    from segserve.weights import atomic_output, file_sha256
 
     out = os.fspath(out)
     model = build_model(weights.arch, weights.num_classes)
@@ -211,11 +209,7 @@ def export_onnx(
     exported = _with_two_outputs(model)
     example = torch.zeros(1, 3, input_size, input_size)
 
-    directory = os.path.dirname(os.path.abspath(out))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".segserve-onnx-", suffix=".onnx", dir=directory)
-    os.close(fd)
-    try:
+    with atomic_output(out, ".segserve-onnx-", ".onnx") as tmp:
         with torch.no_grad(), warnings.catch_warnings():
             # The TorchScript-based exporter announces its deprecation; it is chosen on
             # purpose (see the module docstring).
@@ -280,10 +274,4 @@ def export_onnx(
             entry = proto.metadata_props.add()
             entry.key, entry.value = f"segserve.{key}", value
         onnx.save(proto, tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
     return file_sha256(out), figures, meta

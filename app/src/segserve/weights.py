@@ -17,6 +17,7 @@ import hashlib
 import io
 import os
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -147,23 +148,34 @@ def pretrained_payload(arch: str, state_dict_file: str | None = None) -> dict[st
     )
 
 
-def save(payload: dict[str, Any], path: str | os.PathLike[str]) -> str:
-    """Write atomically (a half-written file must never be loaded) and return its sha256."""
-    import torch
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike[str], prefix: str, suffix: str = "") -> Iterator[str]:
+    """Yield a temporary path beside `path`; once the block succeeds it replaces `path`.
 
+    Readers never see a half-written file, and a failure leaves nothing behind.
+    """
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".segserve-weights-", dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=directory)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(payload, fh)
+        yield tmp
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def save(payload: dict[str, Any], path: str | os.PathLike[str]) -> str:
+    """Write atomically (a half-written file must never be loaded) and return its sha256."""
+    import torch
+
+    # Through a file object: torch names the archive after a path, and a dotfile name is refused.
+    with atomic_output(path, ".segserve-weights-") as tmp, open(tmp, "wb") as fh:
+        torch.save(payload, fh)
     return file_sha256(path)
 
 
