@@ -6,6 +6,7 @@ import subprocess
 import sys
 import urllib.error
 
+import pytest
 import torch
 
 from segserve import weights as w
@@ -96,3 +97,27 @@ def test_export_from_a_wrong_file(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "do not fit lraspp_mobilenet_v3_large" in err
     assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "says"),
+    [
+        ("--threshold", "1.5", "above 0 and at most 1"),
+        ("--threshold", "-1", "above 0 and at most 1"),
+        ("--threshold", "0", "above 0 and at most 1"),
+        ("--threshold", "high", "not a number"),
+        ("--input-size", "0", "between 16 and 4096"),
+        ("--input-size", "9000", "between 16 and 4096"),
+        ("--threads", "0", "between 1 and 256"),
+    ],
+)
+def test_export_onnx_refuses_bad_flags_before_converting(
+    capsys, tmp_path, weights_file, flag, value, says
+):
+    out = tmp_path / "m.onnx"
+    with pytest.raises(SystemExit) as exit_info:
+        weights_cli.main(["export-onnx", flag, value, str(weights_file), str(out)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {flag}" in err and says in err
+    assert not out.exists()

@@ -16,6 +16,8 @@ from typing import Any
 from segserve.errors import ConfigError
 
 PREFIX = "SEGSERVE"
+# The short side the model accepts: below 16 its strided layers run out of pixels.
+INPUT_SIZE_RANGE = (16, 4096)
 
 # name -> (default, help). Anything under SEGSERVE_ not listed here is reported as unknown,
 # which catches typos such as SEGSERVE_WIEGHTS_PATH.
@@ -130,7 +132,9 @@ class Settings:
             torch_threads=threads,
             max_image_bytes=_positive_int("MAX_IMAGE_BYTES", raw("MAX_IMAGE_BYTES")),
             max_pixels=_positive_int("MAX_PIXELS", raw("MAX_PIXELS")),
-            input_size=_positive_int("INPUT_SIZE", raw("INPUT_SIZE"), low=16, high=4096),
+            input_size=_positive_int(
+                "INPUT_SIZE", raw("INPUT_SIZE"), low=INPUT_SIZE_RANGE[0], high=INPUT_SIZE_RANGE[1]
+            ),
             backend=backend,
             onnx_path=None if onnx_path is None else str(onnx_path),
             onnx_sha256=_sha256("ONNX_SHA256", raw("ONNX_SHA256")),

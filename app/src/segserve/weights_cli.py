@@ -17,9 +17,36 @@ import argparse
 import json
 import sys
 
+from segserve.config import INPUT_SIZE_RANGE
 from segserve.models import ARCHS, DEFAULT_ARCH
 
 PROG = "segserve-weights"
+
+
+def _int_between(low: int, high: int):
+    """An argparse type: an integer in [low, high], else a usage error naming the bounds."""
+
+    def parse(text: str) -> int:
+        try:
+            number = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if not low <= number <= high:
+            raise argparse.ArgumentTypeError(f"must be between {low} and {high}, got {number}")
+        return number
+
+    return parse
+
+
+def _share(text: str) -> float:
+    """An argparse type: a share of pixels, above 0 and at most 1."""
+    try:
+        number = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < number <= 1:
+        raise argparse.ArgumentTypeError(f"must be above 0 and at most 1, got {number}")
+    return number
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -206,11 +233,14 @@ def _parser() -> argparse.ArgumentParser:
         "its masks agree with eager PyTorch",
     )
     p.add_argument(
-        "--input-size", type=int, default=520, help="short side for the check (default 520)"
+        "--input-size",
+        type=_int_between(*INPUT_SIZE_RANGE),
+        default=520,
+        help="short side for the check (default 520)",
     )
     p.add_argument(
         "--threshold",
-        type=float,
+        type=_share,
         default=0.995,
         help="least share of pixels whose class agrees with eager float32, overall and on "
         "every image (default 0.995)",
@@ -227,7 +257,12 @@ def _parser() -> argparse.ArgumentParser:
         "these settings (prints 'up to date' on stderr)",
     )
     p.add_argument("--sha256", help="expected sha256 of IN.pth; a mismatch converts nothing")
-    p.add_argument("--threads", type=int, default=1, help="threads for the check (default 1)")
+    p.add_argument(
+        "--threads",
+        type=_int_between(1, 256),
+        default=1,
+        help="threads for the check (default 1)",
+    )
     p.add_argument("weights", metavar="IN.pth", help="a segserve weights file")
     p.add_argument("out", metavar="OUT.onnx", help="the artifact to write")
     p.set_defaults(func=_export_onnx)
