@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import multiprocessing as mp
 import os
 import platform
 import shlex
@@ -32,6 +31,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from benchlib import spawn_rate, write_report
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -106,18 +107,7 @@ def _worker(variant, weights, onnx_path, input_size, data, n, barrier, results):
 
 
 def throughput(variant, weights, onnx_path, input_size, data, n, procs) -> float:
-    # spawn: each process builds its own backend after start, as a uWSGI worker with lazy-apps.
-    ctx = mp.get_context("spawn")
-    barrier = ctx.Barrier(procs)
-    results = ctx.Queue()
-    args = (variant, weights, onnx_path, input_size, data, n, barrier, results)
-    workers = [ctx.Process(target=_worker, args=args) for _ in range(procs)]
-    for w in workers:
-        w.start()
-    spans = [results.get() for _ in workers]
-    for w in workers:
-        w.join()
-    return procs * n / (max(end for _, end in spans) - min(start for start, _ in spans))
+    return spawn_rate(_worker, (variant, weights, onnx_path, input_size, data, n), procs, n)
 
 
 def main() -> int:
@@ -233,11 +223,7 @@ def main() -> int:
         "```",
         "",
     ]
-    text = "\n".join(lines)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
-    print(text)
-    return 0
+    return write_report(args.out, lines)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import multiprocessing as mp
 import os
 import platform
 import shlex
@@ -22,6 +21,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from benchlib import spawn_rate, write_report
 
 HERE = Path(__file__).resolve().parent
 
@@ -103,21 +104,7 @@ def _worker(weights, input_size, threads, data, n, barrier, results):
 
 
 def multi_process(weights, input_size, threads, data, n, procs) -> float:
-    # spawn, not fork: each process starts clean and builds its own model, as a uWSGI worker
-    # with lazy-apps does (a fork after torch ran threads can hang).
-    ctx = mp.get_context("spawn")
-    barrier = ctx.Barrier(procs)
-    results = ctx.Queue()
-    workers = [
-        ctx.Process(target=_worker, args=(weights, input_size, threads, data, n, barrier, results))
-        for _ in range(procs)
-    ]
-    for w in workers:
-        w.start()
-    spans = [results.get() for _ in workers]
-    for w in workers:
-        w.join()
-    return procs * n / (max(end for _, end in spans) - min(start for start, _ in spans))
+    return spawn_rate(_worker, (weights, input_size, threads, data, n), procs, n)
 
 
 def big_jpeg_decode(handler, n: int) -> tuple[float, float]:
@@ -211,11 +198,7 @@ def main() -> int:
         "model's; the JSON size depends only on the image size.",
         "",
     ]
-    text = "\n".join(lines)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
-    print(text)
-    return 0
+    return write_report(args.out, lines)
 
 
 if __name__ == "__main__":
