@@ -140,6 +140,12 @@ class Recorder:
         }
 
 
+def send_and_record(target: Target, recorder: Recorder) -> None:
+    sent_at = time.monotonic()
+    status, error, retry_after = target.send()
+    recorder.add(sent_at, status, error, time.monotonic() - sent_at, retry_after)
+
+
 def closed_loop(
     target: Target, recorder: Recorder, clients: int, deadline: float, count: int
 ) -> None:
@@ -152,9 +158,7 @@ def closed_loop(
                 with budget_lock:
                     if next(budget) >= count:
                         return
-            sent_at = time.monotonic()
-            status, error, retry_after = target.send()
-            recorder.add(sent_at, status, error, time.monotonic() - sent_at, retry_after)
+            send_and_record(target, recorder)
 
     threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
     for thread in threads:
@@ -176,9 +180,7 @@ def open_loop(
             due = work.get()
             if due is None:
                 return
-            sent_at = time.monotonic()
-            status, error, retry_after = target.send()
-            recorder.add(sent_at, status, error, time.monotonic() - sent_at, retry_after)
+            send_and_record(target, recorder)
 
     pool = [threading.Thread(target=worker, daemon=True) for _ in range(threads)]
     for thread in pool:
