@@ -232,6 +232,37 @@ def test_cli_export_onnx(varied_weights, tmp_path):
     assert len(meta["equivalence_images"]) == 12
 
 
+def test_cli_export_onnx_if_changed_skips_torch_and_rechecks_inputs(varied_weights, tmp_path):
+    out = tmp_path / "cli.onnx"
+    cli = os.path.join(os.path.dirname(sys.executable), "segserve-weights")
+    base = ["export-onnx", "--if-changed", "--input-size", "64"]
+    paths = [str(varied_weights), str(out)]
+    first = subprocess.run([cli, *base, *paths], capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr
+    # The up-to-date answer must not import torch: that import is most of a re-run's cost.
+    probe = (
+        "import sys; from segserve.weights_cli import main; rc = main(sys.argv[1:]); "
+        "sys.exit(rc if 'torch' not in sys.modules else 99)"
+    )
+    again = subprocess.run(
+        [sys.executable, "-c", probe, *base, *paths], capture_output=True, text=True, timeout=300
+    )
+    assert again.returncode == 0, again.stderr
+    assert "is up to date" in again.stderr and again.stdout == first.stdout
+    # A digest that does not match the weights file is an error, never "up to date".
+    wrong = subprocess.run(
+        [cli, *base, "--sha256", "0" * 64, *paths], capture_output=True, text=True, timeout=300
+    )
+    assert wrong.returncode == 1
+    assert "sha256 mismatch" in wrong.stderr and "up to date" not in wrong.stderr
+    # Another threshold is another check: the artifact is converted again.
+    other = subprocess.run(
+        [cli, *base, "--threshold", "0.9", *paths], capture_output=True, text=True, timeout=300
+    )
+    assert other.returncode == 0, other.stderr
+    assert "up to date" not in other.stderr and "pixel agreement" in other.stderr
+
+
 # -- serving with onnxruntime ---------------------------------------------------------------
 
 

@@ -87,17 +87,13 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _export_onnx(args: argparse.Namespace) -> int:
+    if args.if_changed and _onnx_is_current(args):
+        return 0
     import torch
 
     from segserve import convert, weights
 
     source = weights.load(args.weights, expected_sha256=args.sha256)
-    if args.if_changed and _onnx_is_current(args, source.sha256):
-        from segserve.weights import file_sha256
-
-        print(f"{args.out} is up to date (converted from {source.sha256})", file=sys.stderr)
-        print(file_sha256(args.out))
-        return 0
     torch.set_num_threads(args.threads)
     sha, figures, meta = convert.export_onnx(
         source,
@@ -126,25 +122,38 @@ def _export_onnx(args: argparse.Namespace) -> int:
     return 0
 
 
-def _onnx_is_current(args: argparse.Namespace, weights_sha: str) -> bool:
-    """An existing artifact made from the same weights with the same settings, and not forced."""
+def _onnx_is_current(args: argparse.Namespace) -> bool:
+    """An existing artifact made from the same weights with the same settings, and not forced;
+    if so, says so and prints the artifact's sha256. Decided without importing torch (most of
+    a conversion's start-up), so a deploy that changes nothing stays quick: the weights file's
+    digest stands for the file, since the artifact records the digest of the file it was
+    checked against. Anything else (a missing or wrong weights file included) is left to the
+    full path, which reports it."""
     import os
 
     from segserve.backends import ONNX_FORMAT, read_onnx_metadata
+    from segserve.weights import file_sha256
 
-    if not os.path.isfile(args.out):
+    if not (os.path.isfile(args.out) and os.path.isfile(args.weights)):
+        return False
+    weights_sha = file_sha256(args.weights)
+    if args.sha256 and weights_sha != args.sha256.lower():
         return False
     try:
         meta = read_onnx_metadata(args.out)
     except Exception:
         return False
-    return (
+    current = (
         meta.get("format") == ONNX_FORMAT
         and meta.get("source_weights_sha256") == weights_sha
         and meta.get("checked_input_size") == str(args.input_size)
         and meta.get("agreement_threshold") == str(args.threshold)
         and meta.get("agreement_forced") == "false"
     )
+    if current:
+        print(f"{args.out} is up to date (converted from {weights_sha})", file=sys.stderr)
+        print(file_sha256(args.out))
+    return current
 
 
 def _info(args: argparse.Namespace) -> int:

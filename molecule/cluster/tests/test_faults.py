@@ -889,6 +889,34 @@ def test_restarted_app_host_comes_back_by_itself(client, lb, report, capacity):
     assert result["failed"] == 0, brief(result)
 
 
+def test_redeploy_drains_only_the_host_that_owes_a_restart():
+    """A deploy that changes nothing drains and restarts nothing; a restart owed by an
+    earlier run that failed after its changes (its marker in /run) is still made."""
+    app1, app2 = fleet_host("app1"), fleet_host("app2")
+    before = {name: master_pid(fleet_host(name)) for name in APP_HOSTS}
+    sh(app1, f"touch /run/{UNIT}-restart-pending")
+    deploy = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "ansible-playbook"),
+            "-i",
+            INVENTORY,
+            str(PROJECT / "playbooks" / "app.yml"),
+        ],
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert deploy.returncode == 0, deploy.stdout[-3000:] + deploy.stderr[-2000:]
+    drained = re.findall(r"included: \S+/playbooks/tasks/drain\.yml for (\w+)", deploy.stdout)
+    assert drained == ["app1"], drained
+    assert master_pid(app1) != before["app1"], "app1 owed a restart and kept its master"
+    assert master_pid(app2) == before["app2"], "app2 had nothing new and was restarted"
+    assert not app1.file(f"/run/{UNIT}-restart-pending").exists
+    assert re.search(r"app2\s+: ok=\d+\s+changed=0\s", deploy.stdout), deploy.stdout[-1500:]
+    wait_ready(app1)
+
+
 def test_rolling_deploy_loses_nothing(client, lb, report, capacity, tmp_path):
     stamp = int(time.time())
     version = f"0.1.1.dev{stamp}"

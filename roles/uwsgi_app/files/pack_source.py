@@ -2,11 +2,12 @@
 """Pack a Python project directory into a reproducible .tar.gz.
 
 The same source always gives the same bytes (sorted names, zeroed times and owners, no
-caches), so Ansible's copy only reports a change when the code changed.
+caches), so its sha256, printed on stdout, is the version of the code.
 Usage: pack_source.py SRC_DIR OUT.tar.gz
 """
 
 import gzip
+import hashlib
 import io
 import sys
 import tarfile
@@ -22,7 +23,7 @@ def wanted(path: Path, root: Path) -> bool:
     return path.suffix not in {".pyc", ".pyo"}
 
 
-def pack(src: Path, out: Path) -> None:
+def pack(src: Path, out: Path) -> str:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for path in sorted(p for p in src.rglob("*") if wanted(p, src)):
@@ -36,9 +37,10 @@ def pack(src: Path, out: Path) -> None:
                 tar.addfile(info)
     with out.open("wb") as fh, gzip.GzipFile(fileobj=fh, mode="wb", mtime=0, filename="") as gz:
         gz.write(buf.getvalue())
+    return hashlib.sha256(out.read_bytes()).hexdigest()
 
 
 if __name__ == "__main__":
     if len(sys.argv) != 3:
         sys.exit(__doc__)
-    pack(Path(sys.argv[1]).resolve(), Path(sys.argv[2]))
+    print(pack(Path(sys.argv[1]).resolve(), Path(sys.argv[2])))
