@@ -1,0 +1,135 @@
+"""One setting, before and after, side by side on the lab: is a tuning change worth keeping?
+
+    python bench/ab.py NAME --a JSON --b JSON [--playbook playbooks/lb.yml] [--limit HOSTS]
+                       [--reps 3] [--duration 15] [--conns 1,2] [--format png]
+
+On the lab as `scripts/bench` leaves it (converged, benchmark client exempt from the rate
+limit), with app2 drained so that every request goes to app1 (one pinned core, one worker):
+each repetition converges PLAYBOOK with the extra vars of A, measures our stack through
+nginx with wrk at each concurrency, then does the same for B; the order of A and B swaps
+every repetition. Figures are medians over repetitions. Writes bench/results/tuning-NAME.md
+and .json. The lab is left converged with A.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import run as bench
+
+RESULTS = bench.RESULTS
+
+
+def measure(label, extra, args, bench_vars, url) -> list[dict]:
+    bench.playbook(args.playbook, bench_vars + [extra], limit=args.limit)
+    bench.warm(url, 3)
+    runs = []
+    accept = "image/png" if args.format == "png" else "application/json"
+    for conns in args.conns:
+        r = bench.wrk(url, conns, args.duration, accept, [bench.APP1, bench.LB1])
+        r["variant"] = label
+        runs.append(r)
+        bench.log(
+            f"{label} c={conns}: {r['images_per_s']:.2f} img/s p50 {r['latency_ms']['p50']:.0f}"
+            f" p99 {r['latency_ms']['p99']:.0f} ms errors {r['errors']}"
+            f" app1 {100 * r['container_cpu_share'][bench.APP1]:.0f}%"
+        )
+    return runs
+
+
+def report(res: dict, path: Path) -> None:
+    lines = [
+        f"# Tuning: {res['name']}",
+        "",
+        f"- Command: `{res['command']}` ({res['started']} UTC, {res['minutes']:.0f} min)",
+        f"- Machine: {res['machine']}; load average {res['load_start']} at the start,"
+        f" {res['load_end']} at the end.",
+        f"- A: `{res['a']}`; B: `{res['b']}`, each applied with `{res['playbook']}` before its"
+        " runs, on top of the lab's values.",
+        f"- Our stack through nginx, app2 drained (app1 alone: 1 pinned core, 1 worker),"
+        f" {res['format'].upper()} answers, the 520x520 JPEG; wrk 1 thread, {res['duration']} s"
+        f" a run, {res['reps']} repetitions, A and B alternating (order swapped each repetition);"
+        " medians.",
+        "",
+        "| conns | A images/s | B images/s | B / A | A p50 / p99 ms | B p50 / p99 ms |"
+        " A app1 CPU | B app1 CPU | errors A / B | A runs | B runs |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
+    ]
+    for conns in res["conns"]:
+        cells = {}
+        for v in ("A", "B"):
+            runs = [r for r in res["runs"] if r["variant"] == v and r["conns"] == conns]
+            cells[v] = {
+                "ips": bench.med([r["images_per_s"] for r in runs]),
+                "p50": bench.med([r["latency_ms"]["p50"] for r in runs]),
+                "p99": bench.med([r["latency_ms"]["p99"] for r in runs]),
+                "cpu": bench.med([r["container_cpu_share"][bench.APP1] for r in runs]),
+                "errors": sum(r["errors"] for r in runs),
+                "each": ", ".join(f"{r['images_per_s']:.2f}" for r in runs),
+            }
+        a, b = cells["A"], cells["B"]
+        lines.append(
+            f"| {conns} | {a['ips']:.2f} | {b['ips']:.2f} | {b['ips'] / a['ips']:.3f} |"
+            f" {a['p50']:.0f} / {a['p99']:.0f} | {b['p50']:.0f} / {b['p99']:.0f} |"
+            f" {100 * a['cpu']:.0f}% | {100 * b['cpu']:.0f}% | {a['errors']} / {b['errors']} |"
+            f" {a['each']} | {b['each']} |"
+        )
+    path.write_text("\n".join(lines) + "\n")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("name", help="names the report: bench/results/tuning-NAME.md")
+    ap.add_argument("--a", required=True, help="extra vars (JSON) of the baseline")
+    ap.add_argument("--b", required=True, help="extra vars (JSON) of the candidate")
+    ap.add_argument("--playbook", default="playbooks/lb.yml")
+    ap.add_argument("--limit", help="hosts to converge (app.yml: app1,lb1, so app2 stays out)")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--duration", type=int, default=15, help="seconds per wrk run")
+    ap.add_argument("--conns", default="1,2", help="concurrencies, comma-separated")
+    ap.add_argument("--format", choices=("png", "json"), default="png")
+    args = ap.parse_args()
+    args.conns = [int(c) for c in args.conns.split(",")]
+    started = time.time()
+    bench.IMAGE = bench.make_image(bench.IMAGE)
+    drain_app2 = json.dumps({"nginx_upstream_down_hosts": ["app2"]})
+    bench_vars = [json.dumps({"nginx_rate_limit_exempt": [bench.subnet()]}), drain_app2]
+    url = f"http://{bench.container_ip(bench.LB1)}/v1/segment"
+    bench.playbook("playbooks/lb.yml", bench_vars)
+    res = {
+        "name": args.name,
+        "command": "python bench/ab.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        "started": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M"),
+        "load_start": bench.loadavg(),
+        "machine": bench.machine(),
+        "a": args.a,
+        "b": args.b,
+        "playbook": args.playbook,
+        "reps": args.reps,
+        "duration": args.duration,
+        "conns": args.conns,
+        "format": args.format,
+        "runs": [],
+    }
+    for rep in range(args.reps):
+        order = [("A", args.a), ("B", args.b)]
+        for label, extra in order if rep % 2 == 0 else order[::-1]:
+            res["runs"] += measure(label, extra, args, bench_vars, url)
+    bench.playbook(args.playbook, bench_vars + [args.a], limit=args.limit)
+    res["load_end"] = bench.loadavg()
+    res["minutes"] = (time.time() - started) / 60
+    out = RESULTS / f"tuning-{args.name}"
+    out.with_suffix(".json").write_text(json.dumps(res, indent=1, default=str) + "\n")
+    report(res, out.with_suffix(".md"))
+    bench.log(f"wrote {out}.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
