@@ -41,6 +41,22 @@ def loadavg() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
+def molecule_running() -> bool:
+    """Whether a Molecule run (another job on these cores) is under way. pgrep is run without
+    a shell: a shell's own command line would contain the pattern and always match."""
+    return subprocess.run(["pgrep", "-f", "molecule"], capture_output=True).returncode == 0
+
+
+def sharing(seen: list[str], checks: int) -> str:
+    """The machine line's account of other jobs, from the checks made during the run."""
+    if not seen:
+        return f"no Molecule run seen at any of {checks} checks during the run"
+    return (
+        f"SHARED: Molecule runs (other jobs on the same cores) seen at {len(seen)} of {checks}"
+        f" checks ({', '.join(seen)})"
+    )
+
+
 def mitogen_env() -> tuple[dict, str]:
     target = LAB / "bench" / "mitogen"
     if not (target / "ansible_mitogen").exists():
@@ -109,6 +125,14 @@ def main() -> int:
         "load_start": loadavg(),
         "settings": {},
     }
+    seen: list[str] = []
+    checks = [0]
+
+    def note_molecule() -> None:
+        checks[0] += 1
+        if molecule_running():
+            seen.append(time.strftime("%H:%M:%S"))
+
     for name in args.settings.split(","):
         env, inventory = {}, "inventory/lab"
         if name == "no-pipelining":
@@ -123,12 +147,14 @@ def main() -> int:
             t = time.perf_counter()
             subprocess.run(["scripts/lab", "up"], check=True, capture_output=True)
             entry["lab_up_s"] = time.perf_counter() - t
+            note_molecule()
             entry["fresh"] = converge(inventory, env, LAB / "bench" / f"prov-{name}-fresh.log")
             print(
                 f"{name}: fresh {entry['fresh']['seconds']:.0f} s rc {entry['fresh']['rc']}",
                 flush=True,
             )
         for i in range(args.reruns):
+            note_molecule()
             r = converge(inventory, env, LAB / "bench" / f"prov-{name}-rerun{i}.log")
             entry["reruns"].append(r)
             print(
@@ -141,6 +167,7 @@ def main() -> int:
         )
         results["settings"][name] = entry
     results["load_end"] = loadavg()
+    results["sharing"] = sharing(seen, checks[0])
     (HERE / "results" / "provisioning.json").write_text(json.dumps(results, indent=1) + "\n")
     write_report(results, HERE / "results" / "provisioning.md", " ".join(sys.argv[1:]))
     return 0
@@ -153,7 +180,7 @@ def write_report(res: dict, path: Path, argv: str) -> None:
         f"- Command: `{command}` ({res['started']} UTC); `scripts/bench --provisioning` runs it too"
     )
     L.append(
-        f"- Machine: 2 cores shared with other jobs (Molecule runs); load average "
+        f"- Machine: 2 cores; {res.get('sharing', 'other jobs not checked')}; load average "
         f"{res['load_start']} at the start, {res['load_end']} at the end. The app play runs "
         "one host at a time (serial 1)."
     )

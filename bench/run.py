@@ -42,6 +42,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from provision import loadavg, molecule_running, sharing
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 RESULTS = HERE / "results"
@@ -145,10 +147,6 @@ def cpu_usage_ns(container: str) -> int:
                 return int(re.search(r"usage_usec (\d+)", text).group(1)) * 1000
             return int(text)
     return 0
-
-
-def loadavg() -> str:
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
 # -- the lab -------------------------------------------------------------------------------
@@ -639,9 +637,8 @@ def write_report(res: dict, path: Path) -> None:
         "in all, lab and provisioning included)"
     )
     L.append(
-        f"- Machine: {res['machine']}. SHARED: other jobs (Molecule containers) ran on the "
-        f"same 2 cores; load average {res['load_start']} at the start, {res['load_end']} at the "
-        f"end. Molecule processes seen during the run: {res['molecule_seen']}."
+        f"- Machine: {res['machine']}; {res['sharing']}; load average {res['load_start']} at"
+        f" the start, {res['load_end']} at the end."
     )
     L.append(
         "- Lab: `scripts/lab up`; `ansible-playbook site.yml -i inventory/lab "
@@ -777,12 +774,13 @@ def main() -> int:
         "ceiling_runs": [],
         "notes": [],
     }
-    molecule_seen = set()
+    molecule_seen: list[str] = []
+    checks = [0]
 
     def note_molecule():
-        out = sh("pgrep -f molecule || true", capture=True).stdout.split()
-        if out:
-            molecule_seen.add(time.strftime("%H:%M"))
+        checks[0] += 1
+        if molecule_running():
+            molecule_seen.append(time.strftime("%H:%M:%S"))
 
     if args.provisioning:
         sh([sys.executable, str(HERE / "provision.py")])
@@ -889,7 +887,7 @@ def main() -> int:
     res["ceilings"] = ceilings
     res["rows"] = {f"{k[0]}|{k[1]}|{k[2]}": v for k, v in rows.items()}
     res["load_end"] = loadavg()
-    res["molecule_seen"] = ", ".join(sorted(molecule_seen)) or "none"
+    res["sharing"] = sharing(molecule_seen, checks[0])
     res["machine"] = machine()
     res["run_minutes"] = (time.time() - started) / 60
     res["log"] = LOG
