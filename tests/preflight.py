@@ -1,4 +1,5 @@
-"""Run one role's tasks/preflight.yml with ansible-playbook on the controller (no host needed)."""
+"""Run one task file of a role (its preflight, by default) with ansible-playbook on the
+controller, against localhost."""
 
 import json
 import os
@@ -8,14 +9,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PLAYBOOK = """\
-- name: Run the {role} preflight alone
+- name: Run {tasks} of the {role} role alone
   hosts: localhost
   gather_facts: {gather_facts}
   tasks:
-    - name: Check the inputs
+    - name: Run the tasks
       ansible.builtin.include_role:
         name: {role}
-        tasks_from: preflight.yml
+        tasks_from: {tasks}
 """
 # localhost is also the one app host, so the nginx role has an upstream to resolve.
 INVENTORY = """\
@@ -31,7 +32,14 @@ all:
 
 
 def run_preflight(tmp_path: Path, role: str, extra: dict, gather_facts: bool = False):
-    (tmp_path / "play.yml").write_text(PLAYBOOK.format(role=role, gather_facts=gather_facts))
+    return run_tasks(tmp_path, role, "preflight.yml", extra, gather_facts)
+
+
+def run_tasks(tmp_path: Path, role: str, tasks: str, extra: dict, gather_facts: bool = False):
+    """Run one task file of a role against localhost."""
+    (tmp_path / "play.yml").write_text(
+        PLAYBOOK.format(role=role, tasks=tasks, gather_facts=gather_facts)
+    )
     (tmp_path / "hosts.yml").write_text(INVENTORY)
     env = {**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1"}
     env.pop("ANSIBLE_FORCE_COLOR", None)

@@ -101,7 +101,7 @@ def uwsgi_env(weights: Path, metrics_dir: Path | None, **extra: str) -> dict[str
 
 
 class UwsgiServer:
-    def __init__(self, weights: Path, workdir: Path):
+    def __init__(self, weights: Path, workdir: Path, extra_args: tuple[str, ...] = (), **env: str):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = workdir / "uwsgi.log"
@@ -109,8 +109,8 @@ class UwsgiServer:
         metrics_dir.mkdir()
         self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop())
         self.proc = subprocess.Popen(
-            uwsgi_command(self.port),
-            env=uwsgi_env(weights, metrics_dir),
+            [*uwsgi_command(self.port), *extra_args],
+            env=uwsgi_env(weights, metrics_dir, **env),
             cwd=workdir,
             stdout=self._log,
             stderr=subprocess.STDOUT,

@@ -3,12 +3,15 @@ from __future__ import annotations
 import io
 import json
 import logging
+from dataclasses import replace
 
 import numpy as np
 import pytest
+import torch
+import torchvision
 from PIL import Image
 
-from segserve import samples
+from segserve import create_app, samples
 
 import photos
 from conftest import INPUT_SIZE
@@ -39,14 +42,48 @@ def test_model_describes_weights(client, weights_sha):
     assert info["arch"] == "lraspp_mobilenet_v3_large"
     assert info["pretrained"] is False
     assert "UNTRAINED" in info["warning"]
-    assert info["source"] == "init:seed=0"
     assert info["weights_sha256"] == weights_sha
     assert info["device"] == "cpu"
     assert info["backend"] == "torch"
     assert info["input_size"] == INPUT_SIZE
-    assert info["torch_version"]
     assert info["classes"]["15"] == "person"
     assert list(info["classes"]) == [str(i) for i in range(21)]
+
+
+def test_model_is_public_and_shows_no_host_details(client, weights_file):
+    response = client.get("/v1/model")
+    # What a client needs, and nothing else: no paths, library versions, pids or settings.
+    assert set(response.get_json()) == {
+        "app_version",
+        "arch",
+        "backend",
+        "device",
+        "input_size",
+        "classes",
+        "pretrained",
+        "weights_sha256",
+        "warning",
+    }
+    text = response.get_data(as_text=True)
+    assert str(weights_file.parent) not in text and weights_file.name not in text
+    assert torch.__version__ not in text
+
+
+def test_build_info_is_on_metrics(client):
+    from importlib.metadata import version
+
+    text = client.get("/metrics").get_data(as_text=True)
+    lines = [line for line in text.splitlines() if line.startswith("segserve_build_info{")]
+    wanted = (
+        f'app_version="{version("segserve")}"',
+        'backend="torch"',
+        'device="cpu"',
+        f'onnxruntime="{version("onnxruntime")}"',
+        f'torch="{torch.__version__}"',
+        f'torchvision="{torchvision.__version__}"',
+    )
+    assert any(all(label in line for label in wanted) for line in lines), lines
+    assert all(line.endswith("} 1.0") for line in lines), lines
 
 
 def test_model_reports_the_installed_app_version(client):
@@ -115,12 +152,24 @@ def test_large_jpeg_is_answered_at_full_size(client):
     assert (body["width"], body["height"]) == (2048, 1364)
 
 
-def test_server_timing_and_worker_headers(client):
+def test_server_timing_header(client):
     response = client.post("/v1/segment", data=JPEG, content_type="image/jpeg")
     timing = response.headers["Server-Timing"]
     for stage in ("decode", "preprocess", "inference", "encode"):
         assert f"{stage};dur=" in timing
-    assert response.headers["X-Segserve-Worker"].isdigit()
+
+
+def test_no_response_tells_the_worker_pid(client):
+    responses = [
+        client.post("/v1/segment", data=JPEG, content_type="image/jpeg"),
+        client.post("/infer", data=JPEG),
+        client.post("/v1/segment", data=b""),
+        client.get("/healthz"),
+        client.get("/v1/model"),
+        client.get("/no/such/thing"),
+    ]
+    for response in responses:
+        assert "X-Segserve-Worker" not in response.headers, response.request.path
 
 
 def test_multipart_upload(client):
@@ -265,6 +314,36 @@ def test_internal_error_hides_the_traceback(app, client, monkeypatch, caplog):
     assert any("secret internal state" in (r.exc_text or "") for r in caplog.records)
 
 
+def test_logged_request_values_are_escaped(app, client, monkeypatch, caplog):
+    # nginx decodes %0D%0A into the path it passes on: unescaped, the path would end the log
+    # line and start a forged one.
+    def boom():
+        raise RuntimeError("boom")
+
+    monkeypatch.setitem(app.before_request_funcs, None, [boom, *app.before_request_funcs[None]])
+    path = "/v1/segment\r\nJan 01 00:00:00 app1 sshd[1]: Accepted password for root"
+    with caplog.at_level(logging.ERROR, logger="segserve"):
+        response = client.get(
+            "/", environ_overrides={"PATH_INFO": path, "REQUEST_METHOD": "GET\n\x1b[2J"}
+        )
+    assert error_of(response)[:2] == (500, "internal_error")
+    (record,) = [r for r in caplog.records if r.getMessage().startswith("unhandled error")]
+    message = record.getMessage()
+    assert "\n" not in message and "\r" not in message and "\x1b" not in message
+    assert "/v1/segment\\r\\nJan 01" in message and "GET\\n\\x1b[2J" in message
+
+
+def test_logged_request_values_are_cut(app, client, monkeypatch, caplog):
+    def boom():
+        raise RuntimeError("boom")
+
+    monkeypatch.setitem(app.before_request_funcs, None, [boom, *app.before_request_funcs[None]])
+    with caplog.at_level(logging.ERROR, logger="segserve"):
+        client.get("/" + "a" * 5000)
+    (record,) = [r for r in caplog.records if r.getMessage().startswith("unhandled error")]
+    assert len(record.getMessage()) < 700
+
+
 def test_metrics(client):
     client.post("/v1/segment", data=JPEG, content_type="image/jpeg")
     client.post("/v1/segment", data=b"", content_type="image/jpeg")
@@ -296,3 +375,157 @@ def test_sample_photos_are_packaged():
 def test_json_answer_is_valid_json_text(client):
     response = client.post("/v1/segment", data=JPEG, content_type="image/jpeg")
     json.loads(response.get_data(as_text=True))
+
+
+# -- JSON answers are bounded (SEGSERVE_MAX_JSON_BYTES) ---------------------------------------
+
+
+def _json_limit(app, monkeypatch, limit: int) -> None:
+    handler = app.extensions["segserve"]
+    monkeypatch.setattr(handler, "settings", replace(handler.settings, max_json_bytes=limit))
+
+
+def _ids(value: int):
+    """A postprocess that answers every pixel with one class id."""
+
+    def postprocess(class_ids, decoded):
+        return np.full((decoded.height, decoded.width), value, dtype=np.uint8)
+
+    return postprocess
+
+
+def test_json_too_large_is_refused_from_the_header(app, client, monkeypatch):
+    # 100x80: no JSON mask of that size is under 2*100*80 + 2*80 + 1 = 16161 bytes.
+    _json_limit(app, monkeypatch, 16_160)
+
+    def no_inference(batch):
+        raise AssertionError("the model ran")
+
+    monkeypatch.setattr(app.extensions["segserve"], "infer", no_inference)
+    # A header with too few pixel bytes: decoding it would be a 400 corrupt_image, so the 422
+    # shows that nothing was decoded.
+    header_only = photos.bomb_png(100, 80)
+    response = client.post("/v1/segment", data=header_only, content_type="image/png")
+    status, code, detail = error_of(response)
+    assert (status, code) == (422, "json_too_large")
+    assert "at least 16161 bytes" in detail and "16160" in detail
+    assert "Accept: image/png" in detail
+    status, code, detail = error_of(client.post("/infer", data=header_only))
+    assert (status, code) == (422, "json_too_large")
+    assert "smaller image" in detail
+    # PNG answers are not bounded by it: the same header is decoded (and found truncated).
+    as_png = client.post(
+        "/v1/segment",
+        data=header_only,
+        headers={"Content-Type": "image/png", "Accept": "image/png"},
+    )
+    assert error_of(as_png)[:2] == (400, "corrupt_image")
+
+
+def test_json_bound_from_the_header_is_exact_for_one_digit_ids(app, client, monkeypatch):
+    monkeypatch.setattr(app.extensions["segserve"], "postprocess", _ids(7))
+    data = photos.encode(Image.new("RGB", (100, 80)), "PNG")
+    _json_limit(app, monkeypatch, 16_161)
+    response = client.post("/infer", data=data)
+    assert response.status_code == 200 and len(response.data) == 16_161
+    _json_limit(app, monkeypatch, 16_160)
+    response = client.post("/infer", data=data)
+    assert response.status_code == 422
+    assert error_of(response)[:2] == (422, "json_too_large")
+
+
+def test_json_too_large_is_refused_after_inference(app, client, monkeypatch):
+    # Two-digit ids: 24161 bytes of bare mask, past the limit though the header's lower
+    # bound (16161) is not.
+    monkeypatch.setattr(app.extensions["segserve"], "postprocess", _ids(20))
+    data = photos.encode(Image.new("RGB", (100, 80)), "PNG")
+    _json_limit(app, monkeypatch, 20_000)
+    response = client.post("/infer", data=data)
+    assert response.status_code == 422
+    status, code, detail = error_of(response)
+    assert (status, code) == (422, "json_too_large")
+    assert "would be 24161 bytes" in detail and "20000" in detail
+    status, code, detail = error_of(client.post("/v1/segment", data=data, content_type="image/png"))
+    assert (status, code) == (422, "json_too_large") and "Accept: image/png" in detail
+    as_png = client.post(
+        "/v1/segment", data=data, headers={"Content-Type": "image/png", "Accept": "image/png"}
+    )
+    assert as_png.status_code == 200
+    # The size is counted exactly: a limit of the answer's own length lets it through.
+    _json_limit(app, monkeypatch, 10**9)
+    full = client.post("/v1/segment", data=data, content_type="image/png")
+    assert full.status_code == 200
+    _json_limit(app, monkeypatch, len(full.data))
+    assert client.post("/v1/segment", data=data, content_type="image/png").data == full.data
+    _json_limit(app, monkeypatch, len(full.data) - 1)
+    response = client.post("/v1/segment", data=data, content_type="image/png")
+    assert error_of(response)[:2] == (422, "json_too_large")
+    _json_limit(app, monkeypatch, 24_161)
+    assert client.post("/infer", data=data).status_code == 200
+
+
+# -- the metrics-only port (SEGSERVE_METRICS_PORT) --------------------------------------------
+
+METRICS_PORT = 9100
+
+
+@pytest.fixture(scope="module")
+def metrics_port_app(settings):
+    return create_app({**settings, "METRICS_PORT": str(METRICS_PORT)})
+
+
+def _on_port(client, port: int | str, method: str, path: str):
+    return client.open(
+        path,
+        method=method,
+        data=JPEG,
+        content_type="image/jpeg",
+        environ_overrides={"SERVER_PORT": str(port)},
+    )
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/v1/segment"),
+        ("POST", "/infer"),
+        ("GET", "/v1/model"),
+        ("GET", "/readyz"),
+        ("POST", "/metrics"),
+        ("DELETE", "/healthz"),
+    ],
+)
+def test_metrics_port_serves_only_metrics_and_health(metrics_port_app, monkeypatch, method, path):
+    def no_inference(batch):
+        raise AssertionError("the model ran")
+
+    monkeypatch.setattr(metrics_port_app.extensions["segserve"], "infer", no_inference)
+    client = metrics_port_app.test_client()
+    assert _on_port(client, METRICS_PORT, "GET", "/metrics").status_code == 200
+    assert _on_port(client, METRICS_PORT, "GET", "/healthz").status_code == 200
+    # The same answer as an unknown path: the port does not tell what exists elsewhere.
+    assert error_of(_on_port(client, METRICS_PORT, method, path))[:2] == (404, "not_found")
+
+
+def test_metrics_port_refusals_count_as_unmatched(metrics_port_app):
+    client = metrics_port_app.test_client()
+
+    def unmatched_404s() -> float:
+        text = _on_port(client, METRICS_PORT, "GET", "/metrics").get_data(as_text=True)
+        name = 'segserve_requests_total{endpoint="unmatched",status="404"} '
+        return sum(float(line[len(name) :]) for line in text.splitlines() if line.startswith(name))
+
+    before = unmatched_404s()
+    _on_port(client, METRICS_PORT, "GET", "/v1/model")
+    assert unmatched_404s() == before + 1
+    text = _on_port(client, METRICS_PORT, "GET", "/metrics").get_data(as_text=True)
+    assert 'segserve_requests_total{endpoint="/v1/model",status="404"}' not in text
+
+
+@pytest.mark.parametrize("port", [80, 8002])
+def test_other_ports_are_not_restricted(metrics_port_app, port):
+    client = metrics_port_app.test_client()
+    assert _on_port(client, METRICS_PORT, "POST", "/v1/segment").status_code == 404
+    assert _on_port(client, port, "POST", "/v1/segment").status_code == 200
+    assert _on_port(client, port, "GET", "/v1/model").status_code == 200
+    assert _on_port(client, port, "GET", "/metrics").status_code == 200

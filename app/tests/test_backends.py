@@ -84,7 +84,7 @@ def test_half_precision_needs_cuda(settings):
 def test_channels_last_gives_the_same_masks(settings, client):
     data = encode(photo("chelsea.jpg"), "JPEG", quality=90)
     app = create_app({**settings, "TORCH_CHANNELS_LAST": "1"})
-    assert app.extensions["segserve"].describe()["backend_details"]["channels_last"] is True
+    assert app.extensions["segserve"].backend.describe()["channels_last"] is True
     mask = app.test_client().post("/v1/segment", data=data).get_json()["mask"]
     assert mask == client.post("/v1/segment", data=data).get_json()["mask"]
 
@@ -211,7 +211,7 @@ def test_forced_artifact_is_recorded_and_warned(
     with caplog.at_level(logging.WARNING, logger="segserve"):
         app = create_app(settings)
     assert "written with --force below its agreement threshold" in caplog.text
-    equivalence = app.extensions["segserve"].describe()["backend_details"]["equivalence"]
+    equivalence = app.extensions["segserve"].backend.describe()["equivalence"]
     assert equivalence["forced"] is True
 
 
@@ -267,9 +267,13 @@ def test_cli_export_onnx_if_changed_skips_torch_and_rechecks_inputs(varied_weigh
 
 
 def test_model_states_backend_and_agreement(ort_app, converted):
-    info = ort_app.test_client().get("/v1/model").get_json()
-    assert info["backend"] == "onnxruntime"
-    details = info["backend_details"]
+    response = ort_app.test_client().get("/v1/model")
+    assert response.get_json()["backend"] == "onnxruntime"
+    # The artifact's path, sha256 and figures are for operators (the start-up log), not for
+    # the public /v1/model.
+    assert "backend_details" not in response.get_json()
+    assert str(converted[0]) not in response.get_data(as_text=True)
+    details = ort_app.extensions["segserve"].backend.describe()
     assert details["onnx_sha256"] == converted[1]
     assert details["intra_op_threads"] == 1 and details["inter_op_threads"] == 1
     assert details["equivalence"]["pixel_agreement"] >= 0.995

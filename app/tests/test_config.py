@@ -13,7 +13,9 @@ def test_defaults():
     s = Settings.from_mapping({"WEIGHTS_PATH": "/w.pth"})
     assert (s.device, s.torch_threads, s.input_size, s.backend) == ("auto", 1, 520, "torch")
     assert s.max_image_bytes == 10 * 1024 * 1024
-    assert s.max_pixels == 40_000_000
+    assert s.max_pixels == 24_000_000  # a 6000x4000 photo
+    assert s.max_json_bytes == 32 * 1024 * 1024
+    assert s.metrics_port is None
     assert s.weights_sha256 is None and s.arch is None
 
 
@@ -23,6 +25,8 @@ def test_strings_from_the_environment_are_parsed():
             "WEIGHTS_PATH": "/w.pth",
             "TORCH_THREADS": "2",
             "MAX_PIXELS": " 1000 ",
+            "MAX_JSON_BYTES": "5000",
+            "METRICS_PORT": " 9100 ",
             "WEIGHTS_SHA256": "AB" * 32,
             "DEVICE": "CUDA:1",
             "ARCH": "",
@@ -30,6 +34,7 @@ def test_strings_from_the_environment_are_parsed():
     )
     assert (s.torch_threads, s.max_pixels, s.device, s.arch) == (2, 1000, "cuda:1", None)
     assert s.weights_sha256 == "ab" * 32
+    assert (s.max_json_bytes, s.metrics_port) == (5000, 9100)
 
 
 @pytest.mark.parametrize(
@@ -49,6 +54,11 @@ def test_strings_from_the_environment_are_parsed():
         ("INPUT_SIZE", "8"),
         ("INPUT_SIZE", True),
         ("BACKEND", "tensorflow"),
+        ("MAX_JSON_BYTES", "0"),
+        ("MAX_JSON_BYTES", "32M"),
+        ("METRICS_PORT", "0"),
+        ("METRICS_PORT", "65536"),
+        ("METRICS_PORT", "http"),
     ],
 )
 def test_invalid_values_name_the_variable(key, value):

@@ -1,6 +1,9 @@
 from __future__ import annotations
 
 import json
+import struct
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -10,7 +13,14 @@ from torchvision.transforms._presets import SemanticSegmentation
 
 from segserve import images
 from segserve.errors import BadImage, TooLarge, UnsupportedMediaType
-from segserve.images import decode_image, mask_to_json, resized_size, to_rgb
+from segserve.images import (
+    decode_image,
+    json_mask_bytes,
+    json_mask_min_bytes,
+    mask_to_json,
+    resized_size,
+    to_rgb,
+)
 
 import photos
 
@@ -27,6 +37,27 @@ def test_mask_to_json_across_chunks(monkeypatch):
     monkeypatch.setattr(images, "_ROWS_PER_CHUNK_PIXELS", 50)
     mask = np.random.default_rng(1).integers(0, 21, size=(37, 11), dtype=np.uint8)
     assert json.loads(mask_to_json(mask)) == mask.tolist()
+
+
+@pytest.mark.parametrize(
+    "shape", [(1, 1), (3, 7), (7, 3), (96, 128), (0, 4), (4, 0), (0, 0)], ids=str
+)
+@pytest.mark.parametrize("top", [10, 100, 256])
+def test_json_mask_bytes_is_the_encoded_length(shape, top):
+    mask = np.random.default_rng(top).integers(0, top, size=shape, dtype=np.uint8)
+    assert json_mask_bytes(mask) == len(mask_to_json(mask))
+
+
+@pytest.mark.parametrize("size", [(1, 1), (5, 3), (3, 5), (520, 781)], ids=str)
+def test_json_mask_min_bytes_is_the_smallest_either_way_up(size):
+    width, height = size
+    upright = len(mask_to_json(np.zeros((height, width), dtype=np.uint8)))
+    turned = len(mask_to_json(np.zeros((width, height), dtype=np.uint8)))
+    assert json_mask_min_bytes(width, height) == min(upright, turned)
+    # Any other id only adds digits.
+    assert json_mask_min_bytes(width, height) < len(
+        mask_to_json(np.full((height, width), 12, dtype=np.uint8))
+    )
 
 
 @pytest.mark.parametrize(
@@ -115,3 +146,150 @@ def test_pillows_own_bomb_warning_is_an_error(monkeypatch):
 def test_decode_errors(data, error):
     with pytest.raises(error):
         decode_image(data, max_pixels=40_000_000)
+
+
+# -- formats are told from their signature, and Pillow opens only that one ------------------
+
+
+def _avif_like() -> bytes:
+    return struct.pack(">I", 28) + b"ftypavif" + b"\0\0\0\0" + b"avifmif1miaf" + b"\0" * 64
+
+
+REFUSED = {
+    "ico": photos.encode(Image.new("RGB", (8, 8)), "ICO"),
+    "ppm": photos.encode(Image.new("RGB", (8, 8)), "PPM"),
+    "pgm": b"P5\n8 8\n255\n" + b"\0" * 64,
+    "heic": photos.heic_like(),
+    "avif": _avif_like(),
+    "pdf": b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj",
+    "svg": b'<?xml version="1.0"?>\n<SVG xmlns="http://www.w3.org/2000/svg" width="8">',
+    "psd": b"8BPS\x00\x01" + b"\0" * 64,
+    "eps": b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n",
+    "dos-eps": b"\xc5\xd0\xd3\xc6" + b"\x1e\0\0\0" + b"\0" * 64,
+    "jpeg2000": b"\x00\x00\x00\x0cjP  \r\n\x87\n" + b"\0" * 64,
+    "j2k": b"\xff\x4f\xff\x51" + b"\0" * 64,
+    "bigtiff": b"II+\x00\x08\x00\x00\x00" + b"\0" * 64,
+}
+NOT_IMAGES = {
+    "text": b"hello, this is not an image",
+    "html": b"<html><body>hello</body></html>",
+    "wav": b"RIFF\x24\x00\x00\x00WAVEfmt " + b"\0" * 64,
+    "mp4": struct.pack(">I", 24) + b"ftypisom" + b"\0\0\x02\x00" + b"isomiso2" + b"\0" * 64,
+    "zeros": b"\0" * 100,
+}
+
+
+@pytest.fixture
+def pillow_never_opens(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("Pillow was asked to open the body")
+
+    monkeypatch.setattr(images.Image, "open", refuse)
+
+
+@pytest.mark.parametrize("name", sorted(REFUSED))
+def test_refused_formats_are_told_from_their_signature(pillow_never_opens, name):
+    with pytest.raises(UnsupportedMediaType) as caught:
+        decode_image(REFUSED[name], max_pixels=10**8)
+    assert caught.value.code == "unsupported_image_format"
+
+
+@pytest.mark.parametrize("name", sorted(NOT_IMAGES))
+def test_bodies_without_a_signature_are_not_images(pillow_never_opens, name):
+    with pytest.raises(BadImage) as caught:
+        decode_image(NOT_IMAGES[name], max_pixels=10**8)
+    assert caught.value.code == "not_an_image"
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"GIF89a",
+        b"\x89PNG\r\n\x1a\n" + b"\0" * 40,
+        b"\xff\xd8\xff" + b"\0" * 40,
+        b"RIFF\0\0\0\0WEBP" + b"\0" * 40,
+        b"MM\x00*" + b"\0" * 40,
+    ],
+    ids=["gif", "png", "jpeg", "webp", "tiff"],
+)
+def test_a_signature_with_a_broken_header_is_corrupt(data):
+    # Only the format the signature names is tried: its failure is a corrupt header, not
+    # "no known format".
+    with pytest.raises(BadImage) as caught:
+        decode_image(data, max_pixels=10**8)
+    assert caught.value.code == "corrupt_image"
+
+
+def _mpo() -> bytes:
+    first = photos.photo().resize((64, 48))
+    return photos.encode(first, "MPO", save_all=True, append_images=[first.rotate(180)])
+
+
+# Run in a fresh interpreter: which plugin modules a decode imports can only be seen from a
+# clean start (this process imported many for the tests' own images).
+_PROBE = r"""
+import json, sys
+from pathlib import Path
+from PIL import Image
+from segserve import images
+from segserve.errors import ServiceError
+
+def plugins():
+    return sorted(m for m in sys.modules if m.startswith("PIL.") and m.endswith("ImagePlugin"))
+
+out = {"at_import": plugins()}
+for stage in ("refused", "not_tiff", "rest"):
+    for path in sorted(Path(sys.argv[1], stage).iterdir()):
+        try:
+            out[path.name] = images.decode_image(path.read_bytes(), max_pixels=10**8).format
+        except ServiceError as exc:
+            out[path.name] = exc.code
+    out["after_" + stage] = plugins()
+out["initialized"] = Image._initialized
+print(json.dumps(out))
+"""
+
+
+def test_only_the_accepted_formats_plugins_are_ever_imported(tmp_path):
+    good = photos.good_images()
+    bodies = {
+        "refused": {**REFUSED, **NOT_IMAGES},
+        "not_tiff": {
+            **{name: good[name][0] for name in ("jpeg", "png", "gif", "bmp", "webp")},
+            "gif-header-only": b"GIF89a",
+        },
+        "rest": {"tiff": good["tiff"][0], "mpo": _mpo(), "exif-jpeg": photos.exif_rotated_jpeg()},
+    }
+    for stage, named in bodies.items():
+        (tmp_path / stage).mkdir()
+        for name, data in named.items():
+            (tmp_path / stage / name).write_bytes(data)
+    result = subprocess.run(
+        [sys.executable, "-c", _PROBE, str(tmp_path)], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+
+    assert out["at_import"] == []
+    assert {out[name] for name in REFUSED} == {"unsupported_image_format"}
+    assert {out[name] for name in NOT_IMAGES} == {"not_an_image"}
+    # No body without an accepted signature reached Pillow: not one plugin was imported.
+    assert out["after_refused"] == []
+    for name in ("jpeg", "png", "gif", "bmp", "webp"):
+        assert out[name] == name.upper()
+    assert out["gif-header-only"] == "corrupt_image"
+    assert "PIL.TiffImagePlugin" not in out["after_not_tiff"]
+    assert (out["tiff"], out["mpo"], out["exif-jpeg"]) == ("TIFF", "MPO", "JPEG")
+    # Image.init() (every plugin Pillow has) never ran. Image.open's preinit() imports BMP,
+    # GIF, JPEG, PNG and PPM on any open: PPM is imported, registered and never consulted,
+    # since Image.open is told the one format. The JPEG plugin imports MPO's for an MPO.
+    accepted = {
+        "PIL.BmpImagePlugin",
+        "PIL.GifImagePlugin",
+        "PIL.JpegImagePlugin",
+        "PIL.PngImagePlugin",
+        "PIL.TiffImagePlugin",
+        "PIL.WebPImagePlugin",
+    }
+    assert set(out["after_rest"]) == accepted | {"PIL.PpmImagePlugin", "PIL.MpoImagePlugin"}
+    assert out["initialized"] < 2

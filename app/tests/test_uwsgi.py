@@ -12,7 +12,7 @@ import requests
 from segserve import samples
 
 import photos
-from conftest import uwsgi_command, uwsgi_env
+from conftest import UwsgiServer, free_port, uwsgi_command, uwsgi_env
 
 pytestmark = pytest.mark.uwsgi
 
@@ -34,9 +34,11 @@ def metric(text: str, name: str, **labels: str) -> float:
 
 
 def test_ready_and_model(uwsgi_server):
-    info = requests.get(f"{uwsgi_server.url}/v1/model", timeout=10).json()
+    response = requests.get(f"{uwsgi_server.url}/v1/model", timeout=10)
+    info = response.json()
     assert info["pretrained"] is False and info["device"] == "cpu"
-    assert info["input_size"] == 520 and info["torch_threads"] == 1
+    assert info["input_size"] == 520
+    assert "X-Segserve-Worker" not in response.headers
 
 
 @pytest.mark.parametrize("name", sorted(GOOD))
@@ -89,6 +91,7 @@ def test_both_workers_serve_and_metrics_add_up(uwsgi_server):
     url = uwsgi_server.url
     before = requests.get(f"{url}/metrics", timeout=10).text
     data = samples.path("astronaut.jpg").read_bytes()
+    log_start = len(uwsgi_server.log())
 
     def post(_):
         response = requests.post(
@@ -98,11 +101,16 @@ def test_both_workers_serve_and_metrics_add_up(uwsgi_server):
             timeout=60,
         )
         assert response.status_code == 200
-        return response.headers["X-Segserve-Worker"]
 
     with ThreadPoolExecutor(4) as pool:
-        pids = list(pool.map(post, range(16)))
-    assert len(set(pids)) == 2, pids
+        list(pool.map(post, range(16)))
+    # No response tells its worker's pid; uWSGI's request log does ("[pid: N|app: 0|...").
+    pids = re.findall(
+        r"^\[pid: (\d+)\|app: \d+\|req: [^]]*\] .* POST /v1/segment ",
+        uwsgi_server.log()[log_start:],
+        re.M,
+    )
+    assert len(pids) == 16 and len(set(pids)) == 2, pids
 
     after = requests.get(f"{url}/metrics", timeout=10).text
     # Whichever worker answers /metrics reports the sum over both.
@@ -123,6 +131,10 @@ def test_both_workers_serve_and_metrics_add_up(uwsgi_server):
         )
         == 2
     )
+    # One series whichever worker answers (multiprocess mode "max"): no pid label.
+    info = [line for line in after.splitlines() if line.startswith("segserve_build_info{")]
+    assert len(info) == 1 and info[0].endswith(" 1.0"), info
+    assert 'backend="torch"' in info[0] and "pid=" not in info[0]
 
 
 def test_zz_stops_cleanly_and_no_worker_died(uwsgi_server):
@@ -148,3 +160,30 @@ def test_wrong_sha256_exits_non_zero(weights_file, tmp_path):
     output = result.stdout + result.stderr
     assert "refusing to start: weights sha256 mismatch: file " in output
     assert f"expected {'0' * 64}" in output
+
+
+def test_metrics_port_is_the_http_sockets_own(weights_file, tmp_path):
+    # Two http-sockets, as the role runs them: uWSGI sets SERVER_PORT to the port of the socket
+    # a request came in on, and the app answers only /metrics and /healthz on the metrics one.
+    # One worker: ready then means every worker is, and stopping cannot cut a start short.
+    monitoring = free_port()
+    server = UwsgiServer(
+        weights_file,
+        tmp_path,
+        ("--processes", "1", "--http-socket", f"127.0.0.1:{monitoring}"),
+        SEGSERVE_METRICS_PORT=str(monitoring),
+    )
+    try:
+        server.wait_ready()
+        metrics_url = f"http://127.0.0.1:{monitoring}"
+        assert requests.get(f"{metrics_url}/metrics", timeout=10).status_code == 200
+        assert requests.get(f"{metrics_url}/healthz", timeout=10).status_code == 200
+        for method, path in (("GET", "/v1/model"), ("POST", "/v1/segment"), ("POST", "/infer")):
+            response = requests.request(
+                method, f"{metrics_url}{path}", data=GOOD["jpeg"][0], timeout=60
+            )
+            assert response.status_code == 404 and response.json()["error"] == "not_found"
+        assert requests.get(f"{server.url}/v1/model", timeout=10).status_code == 200
+    finally:
+        returncode = server.stop()
+    assert returncode == 0, server.log()[-3000:]

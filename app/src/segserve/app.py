@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -11,7 +12,7 @@ from typing import Any
 
 from flask import Config, Flask, g, jsonify, request
 from PIL import Image
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, NotFound
 
 from segserve import metrics
 from segserve.config import PREFIX, Settings, unknown_keys
@@ -19,6 +20,11 @@ from segserve.errors import ServiceError, StartupError
 from segserve.handler import UNTRAINED_WARNING, SegmentationHandler
 
 log = logging.getLogger("segserve")
+
+# What the metrics-only port (SEGSERVE_METRICS_PORT) answers: GET and these routes, no others.
+METRICS_PORT_ROUTES = frozenset({"/metrics", "/healthz"})
+# A client-controlled value in a log line is cut to this many characters, once escaped.
+LOG_VALUE_CHARS = 300
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
@@ -66,14 +72,28 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     metrics.MODEL_LOADS.labels(
         handler.weights.arch, str(handler.weights.pretrained).lower(), handler.device
     ).inc()
+    metrics.BUILD_INFO.labels(**handler.build_info()).set(1)
     app.extensions["segserve"] = handler
 
     from segserve.views import bp
 
     app.register_blueprint(bp)
     _register_errors(app)
+    if settings.metrics_port is not None:
+        _register_metrics_port(app, settings.metrics_port)
     _register_hooks(app)
     return app
+
+
+def log_value(value: object) -> str:
+    """A client-controlled value (path, method, header) as it may appear in a log line:
+    control characters, backslashes and non-ASCII escaped as Python writes them, so that no
+    value can end the line and forge the next one (nginx decodes %0A in the path), and cut to
+    LOG_VALUE_CHARS."""
+    text = str(value).encode("unicode_escape").decode("ascii")
+    if len(text) > LOG_VALUE_CHARS:
+        text = text[:LOG_VALUE_CHARS] + "..."
+    return text
 
 
 def _configure_logging() -> None:
@@ -133,9 +153,11 @@ def _set_torch_threads(threads: int) -> None:
 
 def _log_started(handler: SegmentationHandler) -> None:
     w = handler.weights
+    # The backend's details (an ONNX artifact's path, sha256 and agreement) are for operators:
+    # the log has them, the public /v1/model does not.
     log.info(
         "ready: arch=%s device=%s backend=%s input_size=%d threads=%d weights=%s sha256=%s "
-        "source=%s warm-up=%.0fms",
+        "source=%s warm-up=%.0fms backend_details=%s",
         w.arch,
         handler.device,
         handler.settings.backend,
@@ -145,6 +167,7 @@ def _log_started(handler: SegmentationHandler) -> None:
         w.sha256,
         w.source,
         handler.warmup_seconds * 1000,
+        json.dumps(handler.backend.describe(), separators=(",", ":")),
     )
     if not w.pretrained:
         log.warning("%s (weights %s, source %s)", UNTRAINED_WARNING, w.path, w.source)
@@ -171,8 +194,32 @@ def _register_errors(app: Flask) -> None:
     @app.errorhandler(Exception)
     def internal_error(exc: Exception):
         # The traceback goes to the log only; the client learns nothing about the internals.
-        log.exception("unhandled error on %s %s", request.method, request.path)
+        log.exception(
+            "unhandled error on %s %s", log_value(request.method), log_value(request.path)
+        )
         return jsonify(error="internal_error", detail="internal server error (logged)"), 500
+
+
+def _register_metrics_port(app: Flask, port: int) -> None:
+    """On `port`, answer GET /metrics and GET /healthz only; anything else is the JSON 404 of
+    an unknown path. uWSGI exposes an http-socket on the host's private address for the
+    monitoring hosts to scrape, and that socket must not run inference or show the model.
+
+    uWSGI's http-socket sets SERVER_PORT to its own port. Requests through nginx (the uwsgi
+    socket) carry nginx's port instead, so this port must not be one nginx listens on.
+    """
+    wanted = str(port)
+
+    @app.before_request
+    def metrics_port_only():
+        if request.environ.get("SERVER_PORT") != wanted:
+            return None
+        rule = request.url_rule
+        if request.method == "GET" and rule is not None and rule.rule in METRICS_PORT_ROUTES:
+            return None
+        # Counted as unmatched, as it is answered: the route does not exist on this port.
+        g.segserve_unmatched = True
+        raise NotFound()
 
 
 def _register_hooks(app: Flask) -> None:
@@ -183,10 +230,11 @@ def _register_hooks(app: Flask) -> None:
     @app.after_request
     def count(response):
         # The route pattern, not the raw path, so that scanners cannot create label values.
-        endpoint = request.url_rule.rule if request.url_rule is not None else "unmatched"
+        rule = request.url_rule
+        unmatched = rule is None or g.get("segserve_unmatched", False)
+        endpoint = "unmatched" if unmatched else rule.rule
         started = g.get("segserve_started")
         if started is not None:
             metrics.REQUEST_SECONDS.labels(endpoint).observe(time.perf_counter() - started)
         metrics.REQUESTS.labels(endpoint, str(response.status_code)).inc()
-        response.headers["X-Segserve-Worker"] = str(os.getpid())
         return response

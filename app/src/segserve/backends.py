@@ -44,7 +44,8 @@ class Backend(Protocol):
         ...
 
     def describe(self) -> dict[str, Any]:
-        """What /v1/model shows about this backend."""
+        """This backend's details for operators (the start-up log line); never served:
+        /v1/model is public."""
         ...
 
 

@@ -29,7 +29,12 @@ KNOWN = {
     "TORCH_THREADS": (1, "intra-op threads per worker (torch and onnxruntime)"),
     "THREADS": (None, "alias of TORCH_THREADS, for backends other than torch"),
     "MAX_IMAGE_BYTES": (10 * 1024 * 1024, "largest accepted request body in bytes"),
-    "MAX_PIXELS": (40_000_000, "largest accepted image in pixels (decompression bombs)"),
+    # 24 million: a 6000x4000 photo, from a 24-megapixel camera. Larger photos exist (phones'
+    # 48-megapixel modes) and are refused: the limit bounds what one decode costs a worker.
+    "MAX_PIXELS": (24_000_000, "largest accepted image in pixels (decompression bombs)"),
+    # 32 MiB: the JSON mask costs 2-4 bytes per pixel, so about 16 megapixels at best; larger
+    # masks go as PNG (about a byte per pixel before compression).
+    "MAX_JSON_BYTES": (32 * 1024 * 1024, "largest JSON mask answer in bytes (PNG is not bounded)"),
     "INPUT_SIZE": (520, "short side the image is resized to before inference"),
     "BACKEND": ("torch", "inference backend: torch or onnxruntime"),
     "ONNX_PATH": (None, "the ONNX artifact (segserve-weights export-onnx); onnxruntime only"),
@@ -37,6 +42,7 @@ KNOWN = {
     "TORCH_HALF": (False, "torch on CUDA: float16 inference (unmeasured, off)"),
     "TORCH_CHANNELS_LAST": (False, "torch: channels_last memory format (unmeasured on GPU, off)"),
     "CUDNN_BENCHMARK": (False, "torch on CUDA: cudnn.benchmark (unmeasured, off)"),
+    "METRICS_PORT": (None, "a port whose requests may only be GET /metrics and GET /healthz"),
 }
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -55,6 +61,7 @@ class Settings:
     torch_threads: int = 1
     max_image_bytes: int = KNOWN["MAX_IMAGE_BYTES"][0]
     max_pixels: int = KNOWN["MAX_PIXELS"][0]
+    max_json_bytes: int = KNOWN["MAX_JSON_BYTES"][0]
     input_size: int = 520
     backend: str = "torch"
     onnx_path: str | None = None
@@ -62,6 +69,7 @@ class Settings:
     torch_half: bool = False
     torch_channels_last: bool = False
     cudnn_benchmark: bool = False
+    metrics_port: int | None = None
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> Settings:
@@ -132,6 +140,7 @@ class Settings:
             torch_threads=threads,
             max_image_bytes=_positive_int("MAX_IMAGE_BYTES", raw("MAX_IMAGE_BYTES")),
             max_pixels=_positive_int("MAX_PIXELS", raw("MAX_PIXELS")),
+            max_json_bytes=_positive_int("MAX_JSON_BYTES", raw("MAX_JSON_BYTES")),
             input_size=_positive_int(
                 "INPUT_SIZE", raw("INPUT_SIZE"), low=INPUT_SIZE_RANGE[0], high=INPUT_SIZE_RANGE[1]
             ),
@@ -141,6 +150,7 @@ class Settings:
             torch_half=_bool("TORCH_HALF", raw("TORCH_HALF")),
             torch_channels_last=_bool("TORCH_CHANNELS_LAST", raw("TORCH_CHANNELS_LAST")),
             cudnn_benchmark=_bool("CUDNN_BENCHMARK", raw("CUDNN_BENCHMARK")),
+            metrics_port=_optional_port("METRICS_PORT", raw("METRICS_PORT")),
         )
 
 
@@ -166,6 +176,10 @@ def _bool(name: str, value: Any) -> bool:
     if text in _FALSE:
         return False
     raise ConfigError(f"{PREFIX}_{name} must be true or false, got {value!r}")
+
+
+def _optional_port(name: str, value: Any) -> int | None:
+    return None if value is None else _positive_int(name, value, low=1, high=65535)
 
 
 def _positive_int(name: str, value: Any, *, low: int = 1, high: int | None = None) -> int:

@@ -33,6 +33,14 @@ class UnsupportedMediaType(ServiceError):
     code = "unsupported_media_type"
 
 
+class JsonTooLarge(ServiceError):
+    """The request is fine, but its answer as JSON would be larger than the service sends.
+    422 rather than 413: the body was within limits; the same image as PNG would be answered."""
+
+    status = 422
+    code = "json_too_large"
+
+
 class NotReady(ServiceError):
     status = 503
     code = "not_ready"

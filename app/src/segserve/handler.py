@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -30,6 +31,9 @@ MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 # The resized long side may be at most this many times the short side (see resized_size).
 MAX_ASPECT = 4
+
+# Called with an image's (width, height) from its header; raises to refuse it.
+SizeCheck = Callable[[int, int], None]
 
 
 @dataclass
@@ -79,9 +83,12 @@ class SegmentationHandler:
 
     # -- per request ----------------------------------------------------------------------
 
-    def decode(self, data: bytes) -> DecodedImage:
+    def decode(self, data: bytes, check_size: SizeCheck | None = None) -> DecodedImage:
         return decode_image(
-            data, max_pixels=self.settings.max_pixels, draft_size=self.settings.input_size
+            data,
+            max_pixels=self.settings.max_pixels,
+            draft_size=self.settings.input_size,
+            check_size=check_size,
         )
 
     def preprocess(self, decoded: DecodedImage) -> torch.Tensor:
@@ -99,11 +106,13 @@ class SegmentationHandler:
             ids = np.asarray(Image.fromarray(ids).resize(size, Image.Resampling.NEAREST))
         return ids
 
-    def handle(self, data: bytes) -> Result:
+    def handle(self, data: bytes, *, check_size: SizeCheck | None = None) -> Result:
+        """`check_size(width, height)` may refuse the image from its header (see
+        decode_image): the view passes the limits that depend on what it will answer."""
         timings: dict[str, float] = {}
         clock = time.perf_counter
         t0 = clock()
-        decoded = self.decode(data)
+        decoded = self.decode(data, check_size)
         t1 = clock()
         batch = self.preprocess(decoded)
         t2 = clock()
@@ -120,42 +129,59 @@ class SegmentationHandler:
     # -- description ----------------------------------------------------------------------
 
     def describe(self) -> dict:
-        from importlib.metadata import PackageNotFoundError, version
-
-        import torch
-        import torchvision
-
-        try:
-            app_version = version("segserve")
-        except PackageNotFoundError:  # running from a source tree that was never installed
-            app_version = "unknown"
+        """What GET /v1/model answers, to anyone who can reach the service: what a client needs
+        to read a mask and to know which model made it. No paths, library versions, pids or
+        settings: those tell an attacker what to aim at (library versions are on the private
+        /metrics, see build_info)."""
         w = self.weights
         info = {
-            "app_version": app_version,
+            "app_version": app_version(),
             "arch": w.arch,
             "backend": self.settings.backend,
-            "backend_details": self.backend.describe(),
             "device": self.device,
             "input_size": self.settings.input_size,
-            "num_classes": w.num_classes,
             "classes": {str(i): name for i, name in enumerate(w.categories)},
             "pretrained": w.pretrained,
-            "source": w.source,
-            "seed": w.seed,
             "weights_sha256": w.sha256,
-            "torch_version": torch.__version__,
-            "torchvision_version": torchvision.__version__,
-            "torch_threads": torch.get_num_threads(),
         }
         if not w.pretrained:
             info["warning"] = UNTRAINED_WARNING
         return info
+
+    def build_info(self) -> dict[str, str]:
+        """Versions of what serves, for operators: the labels of /metrics' segserve_build_info."""
+        import torch
+        import torchvision
+
+        return {
+            "app_version": app_version(),
+            "torch": torch.__version__,
+            "torchvision": torchvision.__version__,
+            # Installed or not, whichever backend runs; "" when it is not installed.
+            "onnxruntime": _distribution_version("onnxruntime") or "",
+            "backend": self.settings.backend,
+            "device": self.device,
+        }
 
 
 UNTRAINED_WARNING = (
     "UNTRAINED weights (a seeded initialisation, not a trained model): the masks are "
     "meaningless; make real weights with `segserve-weights export`"
 )
+
+
+def app_version() -> str:
+    # "unknown" when running from a source tree that was never installed.
+    return _distribution_version("segserve") or "unknown"
+
+
+def _distribution_version(name: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
 
 
 def to_batch(image: Image.Image, input_size: int) -> torch.Tensor:

@@ -2,13 +2,17 @@
 
 Every way an upload can be wrong ends here as a ServiceError with a fitting status, so that no
 input reaches the model half-decoded and no input can exhaust a worker's memory: the pixel
-count is checked from the header, before any pixel is decoded.
+count is checked from the header, before any pixel is decoded. The format is told from the
+body's first bytes, and only that format's parser ever reads it.
 """
 
 from __future__ import annotations
 
+import importlib
 import io
+import re
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,6 +24,61 @@ from segserve.errors import BadImage, TooLarge, UnsupportedMediaType
 # JPEGs, format "MPO"). Others that Pillow can read (ICO, PSD, EPS which runs Ghostscript, ...)
 # are refused: they are not photos, and each extra parser is extra attack surface.
 ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
+
+# The format is told from the body's first bytes, and Pillow is asked to open that one format
+# only: no other plugin's parser ever sees an upload. Each format's plugin is imported here,
+# on first use, because Image.open imports every plugin Pillow has (Image.init(), about 40,
+# Ghostscript's EPS among them) as soon as it is asked for a format that no imported plugin
+# registered. The JPEG plugin imports the MPO one itself when a JPEG turns out to be an MPO.
+_PLUGINS = {
+    "JPEG": "PIL.JpegImagePlugin",
+    "PNG": "PIL.PngImagePlugin",
+    "WEBP": "PIL.WebPImagePlugin",
+    "BMP": "PIL.BmpImagePlugin",
+    "GIF": "PIL.GifImagePlugin",
+    "TIFF": "PIL.TiffImagePlugin",
+}
+# Prefix -> format: each is the format's own signature (Pillow's openers check the same).
+# Classic TIFF only: BigTIFF (64-bit offsets, for files over 4 GiB) is no photo upload.
+_ACCEPTED_MAGIC = (
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"BM", "BMP"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+)
+# Signatures of image formats that are refused, so that a phone's HEIC photo or an icon is
+# told "format not accepted" (415) rather than "not an image" (400). Matched here, never by
+# opening the bytes with Pillow. TGA has no signature at its start and is not sniffed.
+_REFUSED_MAGIC = (
+    (b"%PDF", "PDF"),
+    (b"%!PS", "EPS"),
+    (b"\xc5\xd0\xd3\xc6", "EPS"),  # DOS EPS binary header
+    (b"\x00\x00\x01\x00", "ICO"),
+    (b"\x00\x00\x02\x00", "CUR"),
+    (b"8BPS", "PSD"),
+    (b"\x00\x00\x00\x0cjP  \r\n\x87\n", "JPEG 2000"),
+    (b"\xff\x4f\xff\x51", "JPEG 2000"),  # bare codestream
+    (b"\x00\x00\x00\x0cJXL \r\n\x87\n", "JPEG XL"),
+    (b"\xff\x0a", "JPEG XL"),  # bare codestream
+    (b"II+\x00", "BigTIFF"),
+    (b"MM\x00+", "BigTIFF"),
+    (b"II\xbc", "JPEG XR"),
+    (b"qoif", "QOI"),
+    (b"DDS ", "DDS"),
+    (b"icns", "ICNS"),
+    (b"gimp xcf", "XCF"),
+    (b"\x76\x2f\x31\x01", "OpenEXR"),
+    (b"\xd7\xcd\xc6\x9a", "WMF"),
+)
+# ISO base media files (HEIF, AVIF, but also MP4 videos) say what they are in an ftyp box.
+_HEIC_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"hevm", b"hevs"}
+_AVIF_BRANDS = {b"avif", b"avis"}
+_HEIF_BRANDS = {b"mif1", b"msf1"}
+# Netpbm (PBM, PGM, PPM, PAM, PFM): "P", a type character, whitespace.
+_NETPBM = re.compile(rb"P[1-7Ff]\s")
 
 # EXIF orientation -> the transpose that shows the image upright (as ImageOps.exif_transpose).
 _ORIENTATION = 0x0112
@@ -42,23 +101,39 @@ class DecodedImage:
     format: str
 
 
-def decode_image(data: bytes, *, max_pixels: int, draft_size: int | None = None) -> DecodedImage:
+def decode_image(
+    data: bytes,
+    *,
+    max_pixels: int,
+    draft_size: int | None = None,
+    check_size: Callable[[int, int], None] | None = None,
+) -> DecodedImage:
     """Decode, orient upright and convert to RGB.
 
     `draft_size`: JPEGs may be decoded at 1/2, 1/4 or 1/8 scale (the decoder's DCT scaling)
     while both sides stay at least this large. The model sees the image resized to about that
     size anyway, and a 12-megapixel photo then decodes several times faster.
+
+    `check_size(width, height)` is called with the size the header states, before any pixel
+    is decoded, and raises a ServiceError to refuse the image. That size is before EXIF
+    orientation: Pillow decodes a PNG's pixels to look for an EXIF chunk stored after them.
     """
     if not data:
         raise BadImage("the request body is empty: send the image bytes", code="empty_body")
+    fmt = identify(data)
+    importlib.import_module(_PLUGINS[fmt])
     with warnings.catch_warnings():
         # Pillow warns (rather than fails) between its limit and twice that; both are errors
         # here. Its limit (Image.MAX_IMAGE_PIXELS) is set from the same setting at start.
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
-            image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
+            image = Image.open(io.BytesIO(data), formats=[fmt])
         except UnidentifiedImageError:
-            raise _unidentified(data) from None
+            # The signature matched, so this is no other format: its header is broken.
+            raise BadImage(
+                f"the body starts like a {fmt} image, but its header cannot be read",
+                code="corrupt_image",
+            ) from None
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
             raise _too_many_pixels(str(exc)) from None
         except Exception as exc:
@@ -69,7 +144,9 @@ def decode_image(data: bytes, *, max_pixels: int, draft_size: int | None = None)
             raise _too_many_pixels(f"{width}x{height} is {width * height} pixels")
         if width < 1 or height < 1:
             raise BadImage(f"the image has no pixels ({width}x{height})", code="corrupt_image")
-        fmt = image.format or "?"
+        if check_size is not None:
+            check_size(width, height)
+        fmt = image.format or fmt
 
         try:
             orientation = int(image.getexif().get(_ORIENTATION, 1))
@@ -186,39 +263,75 @@ def mask_to_json(mask: np.ndarray) -> bytes:
     return b"[" + b"".join(pieces) + b"]"
 
 
-def _too_many_pixels(detail: str) -> TooLarge:
-    return TooLarge(f"the image has too many pixels: {detail}", code="too_many_pixels")
+def json_mask_min_bytes(width: int, height: int) -> int:
+    """The fewest bytes `mask_to_json` can produce for a mask of this size, either way up.
+
+    A mask of h rows of w ids (w, h >= 1) is "[" + h rows joined by "," + "]", a row being
+    "[" + w ids joined by "," + "]": 1 + h * (w + 2) bytes besides the digits, and every id
+    has at least one digit. That is 2wh + 2h + 1, reached when every id is below 10; EXIF
+    orientation may swap w and h, so the smaller side stands in for h.
+    """
+    return 2 * width * height + 2 * min(width, height) + 1
 
 
-def _unidentified(data: bytes) -> Exception:
-    # Tell "a real image in a format we refuse" (415) from "not an image at all" (400).
-    # Opening only parses the header; nothing is decoded.
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            other = Image.open(io.BytesIO(data))
-            fmt = other.format
-    except Exception:
-        fmt = _sniff(data)
-    if fmt:
-        return UnsupportedMediaType(
-            f"{fmt} images are not accepted; send one of: {', '.join(ACCEPTED_FORMATS)}",
+# Digits of each possible uint8 class id, for json_mask_bytes.
+_ID_DIGITS = np.array([1] * 10 + [2] * 90 + [3] * 156, dtype=np.int64)
+
+
+def json_mask_bytes(mask: np.ndarray) -> int:
+    """Exactly `len(mask_to_json(mask))`, from a count of the ids: no text is built."""
+    height, width = mask.shape
+    if height == 0:
+        return 2
+    if width == 0:
+        return 3 * height + 1  # "[" + h "[]" joined by "," + "]"
+    counts = np.bincount(np.ascontiguousarray(mask, dtype=np.uint8).ravel(), minlength=256)
+    return 1 + height * (width + 2) + int(counts @ _ID_DIGITS)
+
+
+def identify(data: bytes) -> str:
+    """The accepted format the body's signature names, or the error that refuses it."""
+    for magic, fmt in _ACCEPTED_MAGIC:
+        if data.startswith(magic):
+            return fmt
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    refused = _refused_format(data)
+    if refused is not None:
+        raise UnsupportedMediaType(
+            f"{refused} images are not accepted; send one of: {', '.join(ACCEPTED_FORMATS)}",
             code="unsupported_image_format",
         )
-    return BadImage(
+    raise BadImage(
         f"the body is not an image in a known format (accepted: {', '.join(ACCEPTED_FORMATS)})",
         code="not_an_image",
     )
 
 
-def _sniff(data: bytes) -> str | None:
-    """Image formats Pillow cannot even identify, so that a phone's HEIC photo is told
-    "format not accepted" rather than "not an image"."""
-    head = data[:64]
-    if head[4:8] == b"ftyp" and head[8:12] in (b"heic", b"heix", b"hevc", b"heim", b"mif1"):
-        return "HEIC"
-    if head.startswith(b"%PDF"):
-        return "PDF"
-    if b"<svg" in data[:1024]:
+def _too_many_pixels(detail: str) -> TooLarge:
+    return TooLarge(f"the image has too many pixels: {detail}", code="too_many_pixels")
+
+
+def _refused_format(data: bytes) -> str | None:
+    for magic, fmt in _REFUSED_MAGIC:
+        if data.startswith(magic):
+            return fmt
+    if data[4:8] == b"ftyp":
+        brands = {data[8:12]}
+        # The compatible brands follow the major brand and its version, to the box's end.
+        box_end = min(int.from_bytes(data[:4], "big"), 256)
+        brands.update(data[i : i + 4] for i in range(16, box_end - 3, 4))
+        if brands & _AVIF_BRANDS:
+            return "AVIF"
+        if brands & _HEIC_BRANDS:
+            return "HEIC"
+        if brands & _HEIF_BRANDS:
+            return "HEIF"
+        return None  # an MP4 video or the like
+    if _NETPBM.match(data):
+        return "PPM"
+    if data[40:44] == b" EMF":
+        return "EMF"
+    if b"<svg" in data[:1024].lower():
         return "SVG"
     return None

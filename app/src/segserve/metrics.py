@@ -5,8 +5,9 @@ directory), prometheus_client keeps each process's values in files there and /me
 by whichever worker, sums them all. Without it, one process's own registry is exported. The
 variable is read when prometheus_client is first imported, so it must be in the environment
 before the worker starts; with uWSGI's lazy-apps that is before the app is loaded.
-There are no gauges: a counter or histogram sums correctly across processes with no
-multiprocess mode to choose and no dead-process files to clean up.
+Counters and histograms sum correctly across processes with no mode to choose. The one gauge,
+segserve_build_info, is an info-style constant 1 whose labels carry the versions; it uses
+mode "max", see BUILD_INFO.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from prometheus_client import (
     REGISTRY,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
 )
@@ -50,6 +52,20 @@ MODEL_LOADS = Counter(
     "segserve_model_loads",
     "Models loaded (one per worker start; more than the worker count means respawns).",
     ["arch", "pretrained", "device"],
+)
+
+# Every worker sets the same labels to 1, and "max" renders that as one series of value 1
+# whichever worker answers, and with no pid label. "liveall" would render one series per
+# worker, with its pid, and keep those of dead workers unless the master called
+# mark_process_dead for each (a worker killed by harakiri or the OOM killer runs no code of
+# its own, and uWSGI's master runs none of the app's). Prometheus' Info type is not supported in
+# multiprocess mode, hence the gauge. A worker respawned after an upgrade on disk adds a
+# series with the new versions beside the old one, which is what an operator wants to see.
+BUILD_INFO = Gauge(
+    "segserve_build_info",
+    "Versions of what serves (always 1): app, libraries, backend, device.",
+    ["app_version", "torch", "torchvision", "onnxruntime", "backend", "device"],
+    multiprocess_mode="max",
 )
 
 

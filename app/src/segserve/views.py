@@ -8,25 +8,35 @@ import time
 from flask import Blueprint, Request, Response, current_app, jsonify, request
 
 from segserve import metrics
-from segserve.errors import BadImage, NotReady, TooLarge, UnsupportedMediaType
-from segserve.handler import Result, SegmentationHandler
-from segserve.images import encode_png, mask_to_json
+from segserve.errors import BadImage, JsonTooLarge, NotReady, TooLarge, UnsupportedMediaType
+from segserve.handler import Result, SegmentationHandler, SizeCheck
+from segserve.images import encode_png, json_mask_bytes, json_mask_min_bytes, mask_to_json
 
 bp = Blueprint("api", __name__)
 
 RAW_TYPES = ("application/octet-stream",)
 
+# What a client whose JSON answer would be too large can do instead, per endpoint.
+SEGMENT_JSON_HINT = "ask for Accept: image/png or send a smaller image"
+INFER_JSON_HINT = "send a smaller image, or use POST /v1/segment with Accept: image/png"
+
 
 @bp.post("/v1/segment")
 def segment() -> Response:
     handler = _ready_handler()
-    result = handler.handle(read_image(request, strict=True))
-    best = request.accept_mimetypes.best_match(["application/json", "image/png"])
+    data = read_image(request, strict=True)
+    as_png = request.accept_mimetypes.best_match(["application/json", "image/png"]) == "image/png"
+    # Only a JSON answer is bounded: a PNG mask is at most a byte per pixel before
+    # compression, which SEGSERVE_MAX_PIXELS bounds already.
+    limit = handler.settings.max_json_bytes
+    check = None if as_png else _json_header_check(limit, SEGMENT_JSON_HINT)
+    result = handler.handle(data, check_size=check)
     started = time.perf_counter()
-    if best == "image/png":
+    if as_png:
         body, mimetype = encode_png(result.mask), "image/png"
     else:
-        body, mimetype = _segment_json(result, handler), "application/json"
+        body = _segment_json(result, handler, limit)
+        mimetype = "application/json"
     return _finish(result, body, mimetype, started)
 
 
@@ -35,8 +45,11 @@ def infer() -> Response:
     """The original contract, kept for existing clients: raw bytes of any declared type in,
     a bare JSON list of lists of class ids out."""
     handler = _ready_handler()
-    result = handler.handle(read_image(request, strict=False))
+    limit = handler.settings.max_json_bytes
+    data = read_image(request, strict=False)
+    result = handler.handle(data, check_size=_json_header_check(limit, INFER_JSON_HINT))
     started = time.perf_counter()
+    _refuse_json_over(json_mask_bytes(result.mask), limit, INFER_JSON_HINT)
     return _finish(result, mask_to_json(result.mask), "application/json", started)
 
 
@@ -99,16 +112,34 @@ def _ready_handler() -> SegmentationHandler:
     return handler
 
 
-def _segment_json(result: Result, handler: SegmentationHandler) -> bytes:
+def _json_header_check(limit: int, hint: str) -> SizeCheck:
+    """Refuse from the image's header, before decoding or inference, what no mask could fit:
+    the smallest possible JSON mask of that size is already over the limit."""
+
+    def check(width: int, height: int) -> None:
+        _refuse_json_over(json_mask_min_bytes(width, height), limit, hint, at_least=True)
+
+    return check
+
+
+def _refuse_json_over(size: int, limit: int, hint: str, *, at_least: bool = False) -> None:
+    if size > limit:
+        bound = "at least " if at_least else ""
+        raise JsonTooLarge(
+            f"the JSON answer would be {bound}{size} bytes; the limit is {limit} bytes: {hint}"
+        )
+
+
+def _segment_json(result: Result, handler: SegmentationHandler, limit: int) -> bytes:
     names = handler.weights.categories
     classes = {str(i): names[i] if i < len(names) else str(i) for i in result.classes_present()}
-    head = json.dumps(
-        {"width": result.width, "height": result.height, "classes": classes},
-        separators=(",", ":"),
-    )
+    fields = {"width": result.width, "height": result.height, "classes": classes}
+    head = json.dumps(fields, separators=(",", ":"))[:-1].encode() + b',"mask":'
+    # Counted before any of the mask's text is built: what the ids' digits add up to.
+    _refuse_json_over(len(head) + json_mask_bytes(result.mask) + 1, limit, SEGMENT_JSON_HINT)
     # The mask is spliced in already encoded: json.dumps on a list of lists of a few million
     # ints is the slowest part of a JSON answer.
-    return head[:-1].encode() + b',"mask":' + mask_to_json(result.mask) + b"}"
+    return head + mask_to_json(result.mask) + b"}"
 
 
 def _finish(result: Result, body: bytes, mimetype: str, encode_started: float) -> Response:

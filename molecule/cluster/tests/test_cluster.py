@@ -5,23 +5,11 @@ the other hosts through testinfra's Ansible backend.
 """
 
 import json
-import os
 
 import pytest
-import testinfra
+from faultlib import PHOTOS, address, fleet_host
 
 testinfra_hosts = ["outsider"]
-
-INVENTORY = os.environ["MOLECULE_INVENTORY_FILE"]
-PHOTOS = "/srv/photos"
-
-
-def fleet_host(name):
-    return testinfra.get_host(f"ansible://{name}?ansible_inventory={INVENTORY}")
-
-
-def address(name):
-    return fleet_host(name).interface("eth0").addresses[0]
 
 
 @pytest.fixture(scope="module")

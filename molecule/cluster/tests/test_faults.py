@@ -14,245 +14,55 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
-import datetime
-import functools
 import http.client
 import io
 import json
-import os
-import platform
 import re
 import shutil
 import struct
 import subprocess
 import sys
 import time
-import zlib
 from collections import Counter
 from pathlib import Path
 
-import pytest
-import testinfra
+from faultlib import (
+    APP_HOSTS,
+    DROPIN_DIR,
+    HEALTH_PORT,
+    INVENTORY,
+    PHOTOS,
+    PROJECT,
+    SITE,
+    UNIT,
+    UWSGI_PORT,
+    Load,
+    address,
+    brief,
+    cpu_quota,
+    deaths_since,
+    epoch,
+    fleet_host,
+    huge_png,
+    log_mark,
+    log_since,
+    master_pid,
+    post,
+    retried,
+    served_by,
+    sh,
+    uwsgi_stats,
+    wait_ready,
+)
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
 testinfra_hosts = ["outsider"]
 
-INVENTORY = os.environ["MOLECULE_INVENTORY_FILE"]
-PROJECT = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"])
-REPORT = PROJECT / "tests" / "results" / "faults.md"
-LOADGEN_SRC = Path(__file__).resolve().parent.parent / "files" / "loadgen.py"
-LOADGEN = "/usr/local/bin/segserve-loadgen"
-PHOTOS = "/srv/photos"
-APP_HOSTS = ("app1", "app2")
-ACCESS_LOG = "/var/log/nginx/segserve_access.log"
-SITE = "/etc/nginx/conf.d/segserve.conf"
-UNIT = "segserve"
-DROPIN_DIR = f"/run/systemd/system/{UNIT}.service.d"
-# uWSGI's own words for a worker that died rather than finished (a recycle says neither).
-DEATH = re.compile(r"DAMN !|HARAKIRI ON WORKER|killed by signal|[Ss]egmentation fault")
 FUZZ_REQUESTS = 10_000
 FUZZ_BATCH = 20
 FUZZ_CLIENTS = 4
-
-
-@functools.cache
-def fleet_host(name):
-    return testinfra.get_host(f"ansible://{name}?ansible_inventory={INVENTORY}")
-
-
-@functools.cache
-def address(name):
-    return fleet_host(name).interface("eth0").addresses[0]
-
-
-def sh(host, command, timeout=None):
-    """Run a shell command on a host; return its stdout (raises on a non-zero status)."""
-    return host.check_output(command if timeout is None else f"timeout {timeout} {command}")
-
-
-def wait_ready(app, timeout=240):
-    result = app.run(
-        f"for i in $(seq {timeout}); do curl -sf http://127.0.0.1:8002/readyz >/dev/null"
-        " && exit 0; sleep 1; done; exit 1"
-    )
-    assert result.rc == 0, f"{app.backend.host} not ready after {timeout} s"
-
-
-def uwsgi_stats(app):
-    return json.loads(sh(app, "curl -sf http://127.0.0.1:9191/"))
-
-
-def master_pid(app):
-    return int(sh(app, f"systemctl show -p MainPID --value {UNIT}").strip())
-
-
-def deaths_since(app, since):
-    """uWSGI journal lines since `since` (epoch) that tell of a worker that died."""
-    journal = sh(app, f"journalctl -u {UNIT} --since @{int(since)} --no-pager -o cat")
-    return [line for line in journal.splitlines() if DEATH.search(line)]
-
-
-def log_mark():
-    return int(sh(fleet_host("lb1"), f"wc -l < {ACCESS_LOG}").strip())
-
-
-def log_since(mark):
-    text = sh(fleet_host("lb1"), f"tail -n +{mark + 1} {ACCESS_LOG}")
-    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
-
-
-def epoch(entry):
-    return datetime.datetime.fromisoformat(entry["time"]).timestamp()
-
-
-def served_by(entries, name, after=0.0):
-    """Requests answered 200 by app host `name` (its address is the last one tried)."""
-    target = f"{address(name)}:"
-    return [
-        e
-        for e in entries
-        if e["status"] == 200
-        and e["upstream_addr"].split(", ")[-1].startswith(target)
-        and epoch(e) >= after
-    ]
-
-
-def retried(entries):
-    """Requests that nginx sent to a second app host and that then succeeded."""
-    return [e for e in entries if ", " in e["upstream_addr"] and e["status"] == 200]
-
-
-class Load:
-    """loadgen.py running in the background on the client host."""
-
-    def __init__(self, client, name, lb, *, duration, concurrency=2, rate=None, threads=64):
-        self.client = client
-        self.out = f"/tmp/load-{name}.json"
-        self.duration = duration
-        mode = f"--rate {rate} --threads {threads}" if rate else f"--concurrency {concurrency}"
-        self.pid = int(
-            sh(
-                client,
-                f"rm -f {self.out}; setsid nohup python3 {LOADGEN} http://{lb}/v1/segment"
-                f" {PHOTOS}/*.jpg {mode} --duration {duration} --timeout 90 --out {self.out}"
-                f" >/tmp/load-{name}.log 2>&1 </dev/null & echo $!",
-            ).strip()
-        )
-        self.started = time.time()
-
-    def result(self, stop=False):
-        if stop:
-            self.client.run(f"kill -TERM {self.pid}")
-        deadline = time.time() + (0 if stop else self.duration) + 120
-        while time.time() < deadline:
-            if self.client.file(self.out).exists:
-                return json.loads(self.client.file(self.out).content_string)
-            time.sleep(1)
-        raise AssertionError(f"the load generator wrote no report ({self.out})")
-
-
-def brief(result):
-    return (
-        f"sent {result['sent']}, succeeded {result['succeeded']}, failed {result['failed']}, "
-        f"statuses {result['statuses']}, latency max {result['latency']['max_ms']:.0f} ms "
-        f"(p50 {result['latency']['p50_ms']:.0f}, p99 {result['latency']['p99_ms']:.0f})"
-    )
-
-
-class Report:
-    """The suite's numbers, written to tests/results/faults.md at the end of the session."""
-
-    def __init__(self):
-        self.started = time.time()
-        self.rows = []
-        self.details = []
-
-    def add(self, case, promise, result=None, facts=()):
-        load = result or {}
-        self.rows.append(
-            (
-                case,
-                promise,
-                load.get("sent", ""),
-                load.get("succeeded", ""),
-                load.get("failed", ""),
-                f"{load['latency']['max_ms']:.0f}" if load else "",
-            )
-        )
-        lines = [f"### {case}", "", promise, ""]
-        if load:
-            lines.append(f"- load: {brief(load)}")
-        lines += [f"- {fact}" for fact in facts]
-        self.details.append("\n".join(lines) + "\n")
-
-    def write(self, failed):
-        cpu = next(
-            (
-                line.split(":", 1)[1].strip()
-                for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")
-            ),
-            platform.processor() or "unknown",
-        )
-        minutes = (time.time() - self.started) / 60
-        outcome = "every test passed" if not failed else f"{failed} test(s) FAILED"
-        head = [
-            "# Fault suite: results",
-            "",
-            "Written by `molecule/cluster/tests/test_faults.py` at the end of its run; commit it",
-            "as it comes out.",
-            "",
-            f"- date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC",
-            f"- machine: {os.cpu_count()} cores (nproc {len(os.sched_getaffinity(0))}), {cpu};"
-            " the lab's containers share them (app hosts pinned to one core each)",
-            "- command: `molecule test -s cluster` (or `molecule verify -s cluster` on a"
-            " converged cluster)",
-            f"- fault suite run time: {minutes:.1f} min; outcome: {outcome}",
-            "- load: `loadgen.py` on the `outsider` host, POSTing the three sample photos"
-            " (PNG masks back) to lb1; latencies in ms, measured at the client",
-            "",
-            "| case | promise | sent | succeeded | failed | max latency (ms) |",
-            "| --- | --- | ---: | ---: | ---: | ---: |",
-        ]
-        head += [f"| {' | '.join(str(c) for c in row)} |" for row in self.rows]
-        REPORT.parent.mkdir(parents=True, exist_ok=True)
-        REPORT.write_text("\n".join(head) + "\n\n## Details\n\n" + "\n".join(self.details))
-
-
-@pytest.fixture(scope="session")
-def report(request):
-    suite = Report()
-    yield suite
-    suite.write(request.session.testsfailed)
-
-
-@pytest.fixture(scope="module")
-def lb():
-    return address("lb1")
-
-
-@pytest.fixture(scope="module")
-def client(host):
-    """The outsider host, with the load generator installed."""
-    payload = base64.b64encode(LOADGEN_SRC.read_bytes()).decode()
-    sh(host, f"echo {payload} | base64 -d > {LOADGEN} && chmod 0755 {LOADGEN}")
-    return host
-
-
-@pytest.fixture(scope="module")
-def capacity(client, lb, report):
-    """Images a second the lab serves, measured with 4 clients (2 per app worker)."""
-    result = Load(client, "capacity", lb, duration=12, concurrency=4).result()
-    assert result["failed"] == 0, brief(result)
-    report.add(
-        "Capacity (reference)",
-        "Closed loop, 4 clients for 12 s: the rate the overload case multiplies by 4.",
-        result,
-        [f"capacity: {result['succeeded_per_s']:.1f} images/s"],
-    )
-    return result["succeeded_per_s"]
 
 
 # --- Security -----------------------------------------------------------------------------
@@ -300,19 +110,22 @@ def test_systemd_exposure_within_target(client, report):
 
 
 def test_uwsgi_port_refuses_every_host_outside_lb(client, report):
-    probe = 'python3 -c "import socket,sys; socket.create_connection((sys.argv[1], 8001), 5)"'
+    probe = (
+        'python3 -c "import socket,sys;'
+        ' socket.create_connection((sys.argv[1], int(sys.argv[2])), 5)"'
+    )
     facts = []
     for source, name in (("outsider", client), ("app2", fleet_host("app2"))):
         for target in APP_HOSTS:
             if source == target:
                 continue
-            result = name.run(f"{probe} {address(target)}")
+            result = name.run(f"{probe} {address(target)} {UWSGI_PORT}")
             assert result.rc != 0 and "ConnectionRefusedError" in result.stderr, (source, target)
-            facts.append(f"{source} -> {target}:8001 refused (TCP reset from nftables)")
+            facts.append(f"{source} -> {target}:{UWSGI_PORT} refused (TCP reset from nftables)")
     lb1 = fleet_host("lb1")
     for target in APP_HOSTS:
-        assert lb1.run(f"{probe} {address(target)}").rc == 0
-    facts.append("lb1 -> app1:8001 and app2:8001 accepted")
+        assert lb1.run(f"{probe} {address(target)} {UWSGI_PORT}").rc == 0
+    facts.append(f"lb1 -> app1:{UWSGI_PORT} and app2:{UWSGI_PORT} accepted")
     report.add("uwsgi port", "Only `lb` hosts reach the uwsgi port of an app host.", None, facts)
 
 
@@ -337,7 +150,7 @@ def test_wrong_weights_sha256_stops_the_service(client, report):
                 break
             time.sleep(1)
         assert "refusing to start" in refusal and "sha256" in refusal, journal[-2000:]
-        ready = app.run("curl -sf http://127.0.0.1:8002/readyz")
+        ready = app.run(f"curl -sf http://127.0.0.1:{HEALTH_PORT}/readyz")
         assert ready.rc != 0, "the service answered ready with the wrong weights digest"
         state = sh(app, f"systemctl show -p ActiveState -p SubState -p NRestarts {UNIT}")
     finally:
@@ -517,9 +330,13 @@ def test_stopped_app_host_loses_nothing_and_rejoins(client, lb, report, capacity
     assert back, "app2 never served again after its restart"
 
 
-def poison_image(width=6320, height=6320, run=8):
-    """A valid BMP (40 megapixels in 10 MB, run-length encoded in runs of 8 pixels) whose
-    decoding and JSON mask take seconds of one core: far past a harakiri of 1 s."""
+POISON_SIDE = 4800
+
+
+def poison_image(width=POISON_SIDE, height=POISON_SIDE, run=8):
+    """A valid BMP (23 megapixels, under the fleet's pixel limit, in 6 MB, run-length encoded
+    in runs of 8 pixels) whose decoding, full-size mask and PNG encoding take about a second
+    of one core: several times a harakiri of 3 s at the case's CPU quota."""
     palette = b"".join(struct.pack("<BBBB", i, i, i, 0) for i in range(256))
     row = bytearray()
     for i, start in enumerate(range(0, width, run)):
@@ -531,41 +348,13 @@ def poison_image(width=6320, height=6320, run=8):
     return head + info + palette + data
 
 
-def post(lb, path, body, headers, timeout=60.0):
-    """One request from the controller: (status, headers, body, seconds)."""
-    conn = http.client.HTTPConnection(lb, 80, timeout=timeout)
-    started = time.monotonic()
-    try:
-        conn.request("POST", path, body=body, headers={"Connection": "close", **headers})
-        response = conn.getresponse()
-        return (
-            response.status,
-            dict(response.getheaders()),
-            response.read(),
-            time.monotonic() - started,
-        )
-    finally:
-        conn.close()
-
-
 HARAKIRI_S = 3
 # nginx's retry window for the case, one second below the harakiri as the fleet sets it.
 RETRY_WINDOW_S = HARAKIRI_S - 1
 # CPU quota of each app host during the case (CFS, of one core): the poison request then
 # needs several times the harakiri, beyond uWSGI's one-second resolution and the second of
 # grace it gives a worker before SIGKILL, while normal requests still take well under 1 s.
-CASE_CPU_QUOTA = 0.3
-
-
-def cpu_quota(share):
-    """Set (or, with None, remove) a CFS quota on the app containers."""
-    quota = str(int(share * 100_000)) if share else "-1"
-    for name in APP_HOSTS:
-        subprocess.run(
-            ["docker", "update", "--cpu-period", "100000", "--cpu-quota", quota, name],
-            check=True,
-            capture_output=True,
-        )
+CASE_CPU_QUOTA = 0.15
 
 
 def test_request_outliving_harakiri_gets_json_5xx(client, lb, report, capacity):
@@ -598,7 +387,7 @@ def test_request_outliving_harakiri_gets_json_5xx(client, lb, report, capacity):
         load = Load(client, "harakiri", lb, duration=25)
         time.sleep(5)
         status, headers, body, seconds = post(
-            lb, "/v1/segment", poison, {"Content-Type": "image/bmp", "Accept": "application/json"}
+            lb, "/v1/segment", poison, {"Content-Type": "image/bmp", "Accept": "image/png"}
         )
         result = load.result()
         cpu_quota(None)
@@ -629,7 +418,8 @@ def test_request_outliving_harakiri_gets_json_5xx(client, lb, report, capacity):
         " JSON 5xx in time, other requests are unaffected.",
         result,
         [
-            f"poison request ({len(poison)}-byte BMP, 6320x6320, JSON mask): {status}"
+            f"poison request ({len(poison)}-byte BMP, {POISON_SIDE}x{POISON_SIDE}, PNG mask):"
+            f" {status}"
             f" {body[:200].decode(errors='replace').strip()} in {seconds:.1f} s,"
             f" Retry-After {headers.get('Retry-After')}",
             f"workers killed by harakiri: {len(harakiri_pids)} (the poison is not retried on the"
@@ -695,22 +485,6 @@ def seed_bodies():
             image.resize(size).save(buffer, fmt)
             seeds.append((fmt.lower(), buffer.getvalue()))
     return seeds
-
-
-def png_chunk(kind, data):
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-
-def huge_png(width, height):
-    """A tiny PNG whose header declares `width` x `height` (a decompression bomb's header)."""
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    idat = zlib.compress(b"\0" * 64)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + png_chunk(b"IHDR", ihdr)
-        + png_chunk(b"IDAT", idat)
-        + png_chunk(b"IEND", b"")
-    )
 
 
 CONTENT_TYPES = [
@@ -884,7 +658,7 @@ def test_restarted_app_host_comes_back_by_itself(client, lb, report, capacity):
     )
     assert after == before, (before, after)
     assert enabled == "enabled"
-    assert firewall.rc == 0 and "8001" in firewall.stdout
+    assert firewall.rc == 0 and str(UWSGI_PORT) in firewall.stdout
     assert back, "app2 never served again after the restart"
     assert result["failed"] == 0, brief(result)
 
@@ -973,7 +747,7 @@ def test_rolling_deploy_loses_nothing(client, lb, report, capacity, tmp_path):
     hosts = {}
     for name in APP_HOSTS:
         app = fleet_host(name)
-        model = json.loads(sh(app, "curl -sf http://127.0.0.1:8002/v1/model"))
+        model = json.loads(sh(app, f"curl -sf http://127.0.0.1:{HEALTH_PORT}/v1/model"))
         installed = sh(
             app,
             "/opt/segserve/venv/bin/python -c"

@@ -10,6 +10,7 @@ import uuid
 import pytest
 from nginx_helpers import (
     ACCESS_LOG,
+    API,
     APP_HOSTS,
     SITE_CONF,
     TLS_CERT,
@@ -22,7 +23,7 @@ from nginx_helpers import (
 
 testinfra_hosts = ["nginx-lb1"]
 
-BASE = "http://127.0.0.1"
+BASE = API
 
 
 def body_limit(host):
@@ -52,19 +53,19 @@ def test_listens_on_http_and_https(host):
 
 
 def test_requests_reach_every_backend(host):
-    backends = {http(host, f"{BASE}/spread/{i}").json()["backend"] for i in range(8)}
+    backends = {http(host, f"{BASE}/v1/model?spread={i}").json()["backend"] for i in range(8)}
     assert backends == set(APP_HOSTS)
     upstreams = {
         entry["upstream_addr"]
         for entry in access_log(host)
-        if entry["request"].startswith("GET /spread/")
+        if entry["request"].startswith("GET /v1/model?spread=")
     }
     for name in APP_HOSTS:
         assert f"{app_address(name)}:8001" in upstreams
 
 
 def test_access_log_is_json_with_upstream_fields(host):
-    path = f"/logged/{uuid.uuid4().hex}"
+    path = f"/v1/model?logged={uuid.uuid4().hex}"
     http(host, BASE + path)
     entry = next(e for e in access_log(host) if path in e["request"])
     for field in (
@@ -87,7 +88,7 @@ def test_access_log_is_json_with_upstream_fields(host):
 
 
 def test_request_id_reaches_app_client_and_log(host):
-    path = f"/traced/{uuid.uuid4().hex}"
+    path = f"/v1/model?traced={uuid.uuid4().hex}"
     response = http(host, BASE + path)
     request_id = response.headers["x-request-id"]
     assert re.fullmatch(r"[0-9a-f]{32}", request_id)
@@ -97,7 +98,7 @@ def test_request_id_reaches_app_client_and_log(host):
 
 
 def test_server_header_has_no_version(host):
-    assert http(host, BASE + "/").headers["server"] == "nginx"
+    assert http(host, BASE + "/v1/model").headers["server"] == "nginx"
 
 
 def test_body_at_limit_reaches_app(host):
@@ -138,7 +139,7 @@ def test_drained_host_gets_no_traffic(host):
     drained = f"{app_address('nginx-app1')}:8002"
     assert re.search(rf"server {re.escape(drained)} .* down;", host.file(SITE_CONF).content_string)
     for i in range(6):
-        assert http(host, f"{BASE}/drain/{i}").status == 200
+        assert http(host, f"{BASE}/v1/model?drain={i}").status == 200
     assert all(drained not in entry["upstream_addr"] for entry in access_log(host))
 
 
@@ -146,11 +147,7 @@ def test_tls_answers_with_self_signed_certificate(host):
     # Verified against the generated certificate: its names must include the inventory name.
     response = http(
         host,
-        "https://nginx-lb1/tls",
-        "--resolve",
-        "nginx-lb1:443:127.0.0.1",
-        "--cacert",
-        TLS_CERT,
+        f"{API}/v1/model?tls",
         "--tlsv1.2",
     )
     assert response.status == 200
@@ -162,7 +159,8 @@ def test_rate_limit_answers_json_429(host):
     # address is not: 8 requests at once exceed 1 r/s with a burst of 2.
     script = (
         "rm -rf /tmp/rl && mkdir /tmp/rl && for i in $(seq 8); do"
-        f" curl -s -D /tmp/rl/$i.h -o /tmp/rl/$i.b http://{lb_address(host)}/rl & done; wait;"
+        f" curl -s --resolve nginx-lb1:443:{lb_address(host)} --cacert {TLS_CERT}"
+        f" -D /tmp/rl/$i.h -o /tmp/rl/$i.b {API}/v1/model?rl & done; wait;"
         " f=$(grep -l ' 429 ' /tmp/rl/*.h | head -n 1)"
         " && cat $f && printf '<<<body>>>' && cat ${f%.h}.b"
     )
@@ -178,20 +176,22 @@ def test_rate_limit_answers_json_429(host):
 def test_app_errors_pass_through_untouched(host):
     # Both app hosts answer 503 with their own body; nginx tries both and passes the last on.
     # Both count as failed for nginx_upstream_fail_timeout_s: failures_recover waits that out.
-    response = http(host, BASE + "/status/503")
+    response = http(host, BASE + "/v1/model?status=503")
     assert response.status == 503
     assert response.json()["error"] == "stub_error"
 
 
 @pytest.mark.usefixtures("failures_recover")
 def test_post_retried_on_next_host_after_503(host):
-    # nginx-app2 answers /flaky with 503 (molecule/nginx/files/stub-app.service).
+    # nginx-app2 answers ?flaky with 503 (molecule/nginx/files/stub-app.service).
     for _ in range(4):
-        response = http(host, BASE + "/flaky", "--data-binary", "image-bytes")
+        response = http(host, BASE + "/v1/segment?flaky", "--data-binary", "image-bytes")
         assert response.status == 200
         assert response.json()["backend"] == "nginx-app1"
     statuses = [
-        e["upstream_status"] for e in access_log(host) if e["request"].startswith("POST /flaky")
+        e["upstream_status"]
+        for e in access_log(host)
+        if e["request"].startswith("POST /v1/segment?flaky")
     ]
     assert "503, 200" in statuses
 
@@ -199,14 +199,14 @@ def test_post_retried_on_next_host_after_503(host):
 @pytest.mark.parametrize("stopped_backends", [["nginx-app2"]], indirect=True)
 def test_stopped_backend_requests_still_succeed(host, stopped_backends):
     for i in range(6):
-        response = http(host, f"{BASE}/failover/{i}", "--data-binary", "image-bytes")
+        response = http(host, f"{BASE}/v1/segment?failover={i}", "--data-binary", "image-bytes")
         assert response.status == 200
         assert response.json()["backend"] == "nginx-app1"
 
 
 @pytest.mark.parametrize("stopped_backends", [list(APP_HOSTS)], indirect=True)
 def test_no_backend_is_json_502_with_retry_after(host, stopped_backends):
-    response = http(host, BASE + "/nobody")
+    response = http(host, BASE + "/v1/model?nobody")
     assert response.status == 502
     assert response.headers["content-type"] == "application/json"
     assert int(response.headers["retry-after"]) > 0

@@ -1,0 +1,59 @@
+"""The roles' preflights refuse settings that reopen a hole for hostile clients: passive
+health checks that one request can trip on every host, a public /metrics, and a uwsgi
+socket on an address the internet can reach."""
+
+import pytest
+from preflight import run_preflight
+
+
+def nginx(tmp_path, **extra):
+    # Facts: the preflight checks the OS family (this controller is Debian, as the hosts).
+    return run_preflight(tmp_path, "nginx", extra, gather_facts=True)
+
+
+def test_the_nginx_defaults_pass(tmp_path):
+    run = nginx(tmp_path)
+    assert run.returncode == 0, run.stdout[-2000:]
+
+
+@pytest.mark.parametrize("max_fails, tries", [(1, 2), (3, 0)])
+def test_max_fails_with_retries_is_refused(tmp_path, max_fails, tries):
+    run = nginx(tmp_path, nginx_upstream_max_fails=max_fails, nginx_upstream_next_tries=tries)
+    assert run.returncode != 0
+    assert "take hosts out of rotation at will" in run.stdout, run.stdout[-2000:]
+
+
+def test_max_fails_without_retries_passes(tmp_path):
+    run = nginx(tmp_path, nginx_upstream_max_fails=1, nginx_upstream_next_tries=1)
+    assert run.returncode == 0, run.stdout[-2000:]
+
+
+def test_a_public_metrics_path_is_refused(tmp_path):
+    api = [{"path": "/v1/segment", "methods": ["POST"]}, {"path": "/metrics", "methods": ["GET"]}]
+    run = nginx(tmp_path, nginx_public_api=api)
+    assert run.returncode != 0
+    assert "/metrics must not" in run.stdout, run.stdout[-2000:]
+
+
+def uwsgi_app(tmp_path, address):
+    weights = tmp_path / "w.pth"
+    weights.write_bytes(b"not read by the preflight")
+    extra = {
+        "uwsgi_app_weights_src": str(weights),
+        "uwsgi_app_weights_sha256": "0" * 64,
+        "uwsgi_app_listen_address": address,
+    }
+    return run_preflight(tmp_path, "uwsgi_app", extra)
+
+
+@pytest.mark.parametrize("address", ["10.1.2.3", "172.31.0.9", "192.168.7.1", "fd00:5e5::11"])
+def test_a_private_listen_address_passes(tmp_path, address):
+    run = uwsgi_app(tmp_path, address)
+    assert run.returncode == 0, run.stdout[-2000:]
+
+
+@pytest.mark.parametrize("address", ["203.0.113.7", "172.32.0.1", "0.0.0.0", "2001:db8::1", "::"])
+def test_a_public_or_wildcard_listen_address_is_refused(tmp_path, address):
+    run = uwsgi_app(tmp_path, address)
+    assert run.returncode != 0
+    assert "which is not a private" in run.stdout, run.stdout[-2000:]

@@ -1,0 +1,40 @@
+"""A weights URL that carries credentials never reaches the play's output, even when the
+download fails; a URL without any is shown as usual, so the failure can be read."""
+
+import grp
+import os
+
+import pytest
+from preflight import run_tasks
+
+
+def download(tmp_path, url):
+    home = tmp_path / "home"
+    (home / "weights").mkdir(parents=True)
+    extra = {
+        "uwsgi_app_weights_url": url,
+        "uwsgi_app_weights_sha256": "0" * 64,
+        "uwsgi_app_home": str(home),
+        "uwsgi_app_group": grp.getgrgid(os.getgid()).gr_name,
+    }
+    return run_tasks(tmp_path, "uwsgi_app", "weights.yml", extra)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://fleet:s3cr3t-token@127.0.0.1:9/w.pth",
+        "http://127.0.0.1:9/w.pth?X-Signature=s3cr3t-token",
+    ],
+)
+def test_a_url_with_credentials_is_not_logged(tmp_path, url):
+    run = download(tmp_path, url)
+    assert run.returncode != 0, "the download cannot succeed: port 9 is closed"
+    assert "s3cr3t-token" not in run.stdout + run.stderr
+    assert "censored" in run.stdout
+
+
+def test_a_plain_url_is_logged(tmp_path):
+    run = download(tmp_path, "http://127.0.0.1:9/plain-weights.pth")
+    assert run.returncode != 0
+    assert "plain-weights.pth" in run.stdout, run.stdout[-2000:]
