@@ -354,7 +354,7 @@ RETRY_WINDOW_S = HARAKIRI_S - 1
 # CPU quota of each app host during the case (CFS, of one core): the poison request then
 # needs several times the harakiri, beyond uWSGI's one-second resolution and the second of
 # grace it gives a worker before SIGKILL, while normal requests still take well under 1 s.
-CASE_CPU_QUOTA = 0.15
+CASE_CPU_QUOTA = 0.3
 
 
 def test_request_outliving_harakiri_gets_json_5xx(client, lb, report, capacity):
