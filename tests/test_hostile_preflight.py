@@ -2,6 +2,8 @@
 health checks that one request can trip on every host, a public /metrics, and a uwsgi
 socket on an address the internet can reach."""
 
+import os
+
 import pytest
 from preflight import run_preflight
 
@@ -57,3 +59,29 @@ def test_a_public_or_wildcard_listen_address_is_refused(tmp_path, address):
     run = uwsgi_app(tmp_path, address)
     assert run.returncode != 0
     assert "which is not a private" in run.stdout, run.stdout[-2000:]
+
+
+def tls_key(tmp_path, mode):
+    cert, key = tmp_path / "site.crt", tmp_path / "site.key"
+    cert.write_text("not read by the preflight\n")
+    key.write_text("not read by the preflight\n")
+    key.chmod(mode)
+    return nginx(
+        tmp_path,
+        nginx_tls_enabled=True,
+        nginx_tls_certificate=str(cert),
+        nginx_tls_certificate_key=str(key),
+    )
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the key must be root's: run as root (as CI does)")
+def test_a_private_tls_key_passes(tmp_path):
+    run = tls_key(tmp_path, 0o600)
+    assert run.returncode == 0, run.stdout[-2000:]
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o604, 0o620])
+def test_a_tls_key_others_can_read_or_change_is_refused(tmp_path, mode):
+    run = tls_key(tmp_path, mode)
+    assert run.returncode != 0
+    assert "readable by nobody else" in run.stdout, run.stdout[-2000:]

@@ -5,6 +5,7 @@ wheelhouse holds exactly the bytes the lock names. No network needed."""
 import hashlib
 import os
 import re
+import tomllib
 from pathlib import Path
 
 import jinja2
@@ -83,3 +84,12 @@ def test_the_wheelhouse_serves_the_locked_bytes(wheel):
         f"{wheel.name} has sha256 {digest.hexdigest()}, not one the lock names: "
         "the wheelhouse's source serves other bytes than the index the lock was made from"
     )
+
+
+def test_the_torch_floor_has_the_weights_only_fix():
+    """torch.load(weights_only=True) could still run code before 2.6 (CVE-2025-32434)."""
+    project = tomllib.loads((REPO / "app" / "pyproject.toml").read_text())["project"]
+    torch = next(d for d in project["dependencies"] if d.startswith("torch") and "vision" not in d)
+    floor = re.search(r">=\s*([0-9.]+)", torch)
+    assert floor, torch
+    assert tuple(int(p) for p in floor.group(1).split(".")[:2]) >= (2, 6), torch
