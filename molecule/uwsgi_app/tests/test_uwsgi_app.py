@@ -100,22 +100,36 @@ def test_weights_readable_by_service_only(host):
 
 
 def test_firewall_rejects_non_lb_source(host):
-    """No lb host in this scenario: nobody may reach the uwsgi port, not even the host.
+    """No lb host in this scenario: nobody may reach the uwsgi port, not even the host from
+    its own private address. Two layers refuse it, each on its own: nftables answers with a
+    reset; with the table gone, the unit's IPAddressDeny still drops the packets.
 
-    The control: with the rules removed, the same connection goes through.
+    The control: with both lifted, the same connection goes through.
     """
     address = host.interface("eth0").addresses[0]
     assert host.socket(f"tcp://{address}:8001").is_listening
-    connect = f"python3 -c \"import socket; socket.create_connection(('{address}', 8001), 5)\""
+    connect = f"python3 -c \"import socket; socket.create_connection(('{address}', 8001), 3)\""
     blocked = host.run(connect)
     assert blocked.rc != 0
     assert "ConnectionRefusedError" in blocked.stderr
     with host.sudo():
         host.check_output("nft delete table inet segserve")
         try:
-            assert host.run(connect).rc == 0
+            dropped = host.run(connect)
+            assert dropped.rc != 0 and "TimeoutError" in dropped.stderr, dropped.stderr
+            # Runtime properties (/run/systemd/system.control) apply to the running unit.
+            host.check_output(f"systemctl set-property --runtime {SERVICE} IPAddressDeny=")
+            try:
+                assert host.run(connect).rc == 0
+            finally:
+                host.check_output(f"systemctl set-property --runtime {SERVICE} IPAddressDeny=any")
+            again = host.run(connect)
+            assert again.rc != 0 and "TimeoutError" in again.stderr, again.stderr
         finally:
-            host.check_output("nft -f /etc/nftables.d/segserve.nft")
+            host.check_output(
+                f"rm -rf /run/systemd/system.control/{SERVICE}.service.d"
+                " && systemctl daemon-reload && nft -f /etc/nftables.d/segserve.nft"
+            )
     assert host.run(connect).rc != 0
 
 
