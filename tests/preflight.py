@@ -41,16 +41,21 @@ def run_tasks(tmp_path: Path, role: str, tasks: str, extra: dict, gather_facts: 
         PLAYBOOK.format(role=role, tasks=tasks, gather_facts=gather_facts)
     )
     (tmp_path / "hosts.yml").write_text(INVENTORY)
+    return run_playbook(tmp_path / "play.yml", tmp_path / "hosts.yml", extra)
+
+
+def run_playbook(playbook: Path, inventory: Path, extra: dict | None = None):
+    """ansible-playbook with the project's ansible.cfg and plain (uncoloured) output."""
     env = {**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1"}
     env.pop("ANSIBLE_FORCE_COLOR", None)
+    extra_args = ["-e", json.dumps(extra)] if extra else []
     return subprocess.run(
         [
             str(Path(sys.executable).parent / "ansible-playbook"),
             "-i",
-            str(tmp_path / "hosts.yml"),
-            str(tmp_path / "play.yml"),
-            "-e",
-            json.dumps(extra),
+            str(inventory),
+            str(playbook),
+            *extra_args,
         ],
         cwd=ROOT,
         env=env,
@@ -58,3 +63,11 @@ def run_tasks(tmp_path: Path, role: str, tasks: str, extra: dict, gather_facts: 
         text=True,
         timeout=300,
     )
+
+
+def run_uwsgi_app_preflight(tmp_path: Path, **extra):
+    """The uwsgi_app preflight with a weights file and digest given, and `extra` on top."""
+    weights = tmp_path / "w.pth"
+    weights.write_bytes(b"not read by the preflight")
+    inputs = {"uwsgi_app_weights_src": str(weights), "uwsgi_app_weights_sha256": "0" * 64}
+    return run_preflight(tmp_path, "uwsgi_app", {**inputs, **extra})

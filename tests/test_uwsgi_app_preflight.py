@@ -4,18 +4,11 @@ Every other input is set to a valid value, so only the drain file decides.
 """
 
 import pytest
-from preflight import run_preflight
+from preflight import run_uwsgi_app_preflight
 
 
 def preflight(tmp_path, drain_tasks):
-    weights = tmp_path / "w.pth"
-    weights.write_bytes(b"not read by the preflight")
-    extra = {
-        "uwsgi_app_weights_src": str(weights),
-        "uwsgi_app_weights_sha256": "0" * 64,
-        "uwsgi_app_drain_tasks": drain_tasks,
-    }
-    return run_preflight(tmp_path, "uwsgi_app", extra)
+    return run_uwsgi_app_preflight(tmp_path, uwsgi_app_drain_tasks=drain_tasks)
 
 
 def test_no_drain_file_passes(tmp_path):

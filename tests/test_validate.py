@@ -2,12 +2,8 @@
 balancers larger than what uWSGI on the app hosts can read (nginx would pass on requests
 that uWSGI resets, and count the resets against healthy hosts)."""
 
-import os
-import subprocess
-import sys
-from pathlib import Path
+from preflight import ROOT, run_playbook
 
-ROOT = Path(__file__).resolve().parent.parent
 INVENTORY = """\
 all:
   vars:
@@ -30,21 +26,7 @@ all:
 def validate(tmp_path, **extra):
     lines = "".join(f"    {key}: {value}\n" for key, value in extra.items())
     (tmp_path / "hosts.yml").write_text(INVENTORY.format(extra=lines.rstrip("\n")))
-    env = {**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1"}
-    env.pop("ANSIBLE_FORCE_COLOR", None)
-    return subprocess.run(
-        [
-            str(Path(sys.executable).parent / "ansible-playbook"),
-            "-i",
-            str(tmp_path / "hosts.yml"),
-            str(ROOT / "playbooks" / "validate.yml"),
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return run_playbook(ROOT / "playbooks" / "validate.yml", tmp_path / "hosts.yml")
 
 
 def test_the_roles_header_and_uwsgi_buffers_agree(tmp_path):

@@ -36,6 +36,11 @@ ACCESS_LOG = "/var/log/nginx/segserve_access.log"
 SITE = "/etc/nginx/conf.d/segserve.conf"
 UNIT = "segserve"
 DROPIN_DIR = f"/run/systemd/system/{UNIT}.service.d"
+# A TCP connection from a host to ADDRESS PORT (the arguments that follow): exit status 0
+# when it opens, a traceback naming the error (refused, timed out) when not.
+CONNECT_PROBE = (
+    'python3 -c "import socket,sys; socket.create_connection((sys.argv[1], int(sys.argv[2])), 5)"'
+)
 # uWSGI's own words for a worker that died rather than finished (a recycle says neither).
 DEATH = re.compile(r"DAMN !|HARAKIRI ON WORKER|killed by signal|[Ss]egmentation fault")
 

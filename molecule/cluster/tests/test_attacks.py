@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from faultlib import (
     APP_HOSTS,
+    CONNECT_PROBE,
     DEATH,
     DROPIN_DIR,
     HEALTH_PORT,
@@ -288,10 +289,7 @@ def test_uwsgi_port_closed_from_the_first_deploy(client, attacker, report):
         f"prober on outsider since prepare: {state['attempts']} attempts, accepted"
         f" {len(accepted)}: {accepted[:3]}"
     ]
-    probe = (
-        'python3 -c "import socket,sys;'
-        ' socket.create_connection((sys.argv[1], int(sys.argv[2])), 5)"'
-    )
+    probe = CONNECT_PROBE
     for name in APP_HOSTS:
         for target in (address(name), address6(name)):
             for port in (UWSGI_PORT, METRICS_PORT):

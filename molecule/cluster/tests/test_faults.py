@@ -28,6 +28,7 @@ from pathlib import Path
 
 from faultlib import (
     APP_HOSTS,
+    CONNECT_PROBE,
     DROPIN_DIR,
     HEALTH_PORT,
     INVENTORY,
@@ -110,10 +111,7 @@ def test_systemd_exposure_within_target(client, report):
 
 
 def test_uwsgi_port_refuses_every_host_outside_lb(client, report):
-    probe = (
-        'python3 -c "import socket,sys;'
-        ' socket.create_connection((sys.argv[1], int(sys.argv[2])), 5)"'
-    )
+    probe = CONNECT_PROBE
     facts = []
     for source, name in (("outsider", client), ("app2", fleet_host("app2"))):
         for target in APP_HOSTS:
