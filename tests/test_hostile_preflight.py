@@ -5,7 +5,7 @@ socket on an address the internet can reach."""
 import os
 
 import pytest
-from preflight import run_preflight
+from preflight import run_preflight, run_uwsgi_app_preflight
 
 
 def nginx(tmp_path, **extra):
@@ -38,14 +38,7 @@ def test_a_public_metrics_path_is_refused(tmp_path):
 
 
 def uwsgi_app(tmp_path, address):
-    weights = tmp_path / "w.pth"
-    weights.write_bytes(b"not read by the preflight")
-    extra = {
-        "uwsgi_app_weights_src": str(weights),
-        "uwsgi_app_weights_sha256": "0" * 64,
-        "uwsgi_app_listen_address": address,
-    }
-    return run_preflight(tmp_path, "uwsgi_app", extra)
+    return run_uwsgi_app_preflight(tmp_path, uwsgi_app_listen_address=address)
 
 
 @pytest.mark.parametrize("address", ["10.1.2.3", "172.31.0.9", "192.168.7.1", "fd00:5e5::11"])
@@ -85,3 +78,33 @@ def test_a_tls_key_others_can_read_or_change_is_refused(tmp_path, mode):
     run = tls_key(tmp_path, mode)
     assert run.returncode != 0
     assert "readable by nobody else" in run.stdout, run.stdout[-2000:]
+
+
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("nginx_client_header_buffer_bytes", 512),
+        ("nginx_client_header_buffers", 1),
+        ("nginx_per_address_inflight_limit", -1),
+        ("nginx_max_answer_bytes", -1),
+    ],
+)
+def test_a_bad_nginx_limit_is_refused(tmp_path, name, value):
+    run = nginx(tmp_path, **{name: value})
+    assert run.returncode != 0
+    assert "Sizes, timeouts, counts and worker settings" in run.stdout, run.stdout[-2000:]
+
+
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("uwsgi_app_buffer_size", 70000),
+        ("uwsgi_app_max_json_bytes", 0),
+        ("uwsgi_app_memory_max_mb", -1),
+        ("uwsgi_app_metrics_port", 8001),
+    ],
+)
+def test_a_bad_uwsgi_app_setting_is_refused(tmp_path, name, value):
+    run = run_uwsgi_app_preflight(tmp_path, **{name: value})
+    assert run.returncode != 0
+    assert "uwsgi_app_buffer_size between 4096 and" in run.stdout, run.stdout[-2000:]
