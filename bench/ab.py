@@ -21,24 +21,26 @@ import sys
 import time
 from pathlib import Path
 
-import run as bench
+import lablib as lab
+from provision import loadavg
+from report import machine, med
 
-RESULTS = bench.RESULTS
+RESULTS = lab.RESULTS
 
 
 def measure(label, extra, args, bench_vars, url) -> list[dict]:
-    bench.playbook(args.playbook, bench_vars + [extra], limit=args.limit)
-    bench.warm(url, 3)
+    lab.playbook(args.playbook, bench_vars + [extra], limit=args.limit)
+    lab.warm(url, 3)
     runs = []
     accept = "image/png" if args.format == "png" else "application/json"
     for conns in args.conns:
-        r = bench.wrk(url, conns, args.duration, accept, [bench.APP1, bench.LB1])
+        r = lab.wrk(url, conns, args.duration, accept, [lab.APP1, lab.LB1])
         r["variant"] = label
         runs.append(r)
-        bench.log(
+        lab.log(
             f"{label} c={conns}: {r['images_per_s']:.2f} img/s p50 {r['latency_ms']['p50']:.0f}"
             f" p99 {r['latency_ms']['p99']:.0f} ms errors {r['errors']}"
-            f" app1 {100 * r['container_cpu_share'][bench.APP1]:.0f}%"
+            f" app1 {100 * r['container_cpu_share'][lab.APP1]:.0f}%"
         )
     return runs
 
@@ -66,10 +68,10 @@ def report(res: dict, path: Path) -> None:
         for v in ("A", "B"):
             runs = [r for r in res["runs"] if r["variant"] == v and r["conns"] == conns]
             cells[v] = {
-                "ips": bench.med([r["images_per_s"] for r in runs]),
-                "p50": bench.med([r["latency_ms"]["p50"] for r in runs]),
-                "p99": bench.med([r["latency_ms"]["p99"] for r in runs]),
-                "cpu": bench.med([r["container_cpu_share"][bench.APP1] for r in runs]),
+                "ips": med([r["images_per_s"] for r in runs]),
+                "p50": med([r["latency_ms"]["p50"] for r in runs]),
+                "p99": med([r["latency_ms"]["p99"] for r in runs]),
+                "cpu": med([r["container_cpu_share"][lab.APP1] for r in runs]),
                 "errors": sum(r["errors"] for r in runs),
                 "each": ", ".join(f"{r['images_per_s']:.2f}" for r in runs),
             }
@@ -97,17 +99,17 @@ def main() -> int:
     args = ap.parse_args()
     args.conns = [int(c) for c in args.conns.split(",")]
     started = time.time()
-    bench.IMAGE = bench.make_image(bench.IMAGE)
+    lab.make_image()
     drain_app2 = json.dumps({"nginx_upstream_down_hosts": ["app2"]})
-    bench_vars = [json.dumps({"nginx_rate_limit_exempt": [bench.subnet()]}), drain_app2]
-    url = f"http://{bench.container_ip(bench.LB1)}/v1/segment"
-    bench.playbook("playbooks/lb.yml", bench_vars)
+    bench_vars = [json.dumps({"nginx_rate_limit_exempt": [lab.subnet()]}), drain_app2]
+    url = f"http://{lab.container_ip(lab.LB1)}/v1/segment"
+    lab.playbook("playbooks/lb.yml", bench_vars)
     res = {
         "name": args.name,
         "command": "python bench/ab.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
         "started": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M"),
-        "load_start": bench.loadavg(),
-        "machine": bench.machine(),
+        "load_start": loadavg(),
+        "machine": machine(),
         "a": args.a,
         "b": args.b,
         "playbook": args.playbook,
@@ -121,13 +123,13 @@ def main() -> int:
         order = [("A", args.a), ("B", args.b)]
         for label, extra in order if rep % 2 == 0 else order[::-1]:
             res["runs"] += measure(label, extra, args, bench_vars, url)
-    bench.playbook(args.playbook, bench_vars + [args.a], limit=args.limit)
-    res["load_end"] = bench.loadavg()
+    lab.playbook(args.playbook, bench_vars + [args.a], limit=args.limit)
+    res["load_end"] = loadavg()
     res["minutes"] = (time.time() - started) / 60
     out = RESULTS / f"tuning-{args.name}"
     out.with_suffix(".json").write_text(json.dumps(res, indent=1, default=str) + "\n")
     report(res, out.with_suffix(".md"))
-    bench.log(f"wrote {out}.md")
+    lab.log(f"wrote {out}.md")
     return 0
 
 

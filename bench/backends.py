@@ -50,7 +50,12 @@ def make_handler(variant: str, weights: str, onnx_path: str, input_size: int):
     from segserve.handler import SegmentationHandler
 
     torch.set_num_threads(1)
-    values = {"WEIGHTS_PATH": weights, "DEVICE": "cpu", "INPUT_SIZE": input_size, "THREADS": 1}
+    values = {
+        "WEIGHTS_PATH": weights,
+        "DEVICE": "cpu",
+        "INPUT_SIZE": input_size,
+        "TORCH_THREADS": 1,
+    }
     if variant == "onnxruntime":
         values.update(BACKEND="onnxruntime", ONNX_PATH=onnx_path)
     handler = SegmentationHandler(Settings.from_mapping(values))

@@ -12,6 +12,9 @@ PLAYBOOK = """\
 - name: Run {tasks} of the {role} role alone
   hosts: localhost
   gather_facts: {gather_facts}
+  roles:
+    # The fleet's values, from which the roles' defaults derive.
+    - role: segserve
   tasks:
     - name: Run the tasks
       ansible.builtin.include_role:

@@ -44,3 +44,10 @@ def test_role_has_the_house_files(role):
         "tasks/preflight.yml",
     ):
         assert (role / rel).is_file(), rel
+
+
+@pytest.mark.parametrize("role", ROLES, ids=lambda p: p.name)
+def test_specs_leave_defaults_to_the_defaults_file(role):
+    # A `default:` in the spec is a second copy of defaults/main.yml, and copies drift.
+    spec = load(role / "meta" / "argument_specs.yml")["argument_specs"]["main"]["options"]
+    assert [k for k, v in spec.items() if "default" in v] == []

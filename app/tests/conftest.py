@@ -74,14 +74,12 @@ def free_port() -> int:
 
 
 def uwsgi_command(port: int) -> list[str]:
+    """uWSGI with the options the uwsgi_app role runs it with (app/uwsgi.ini, written from the
+    role's own), on a plain HTTP socket of its own."""
     return [
         str(VENV_BIN / "uwsgi"),
+        "--ini", str(Path(__file__).resolve().parent.parent / "uwsgi.ini"),
         "--http-socket", f"127.0.0.1:{port}",
-        "--module", "segserve.wsgi:app",
-        "--master", "--processes", "2",
-        "--lazy-apps", "--need-app", "--strict", "--die-on-term",
-        "--single-interpreter", "--skip-atexit", "--skip-atexit-teardown",
-        "--harakiri", "60",
     ]  # fmt: skip
 
 

@@ -48,7 +48,7 @@ def ort_settings(varied_weights, converted):
     return {
         "WEIGHTS_PATH": str(varied_weights),
         "DEVICE": "cpu",
-        "THREADS": 1,
+        "TORCH_THREADS": 1,
         "INPUT_SIZE": INPUT_SIZE,
         "BACKEND": "onnxruntime",
         "ONNX_PATH": str(converted[0]),
@@ -76,28 +76,7 @@ def test_class_ids_equal_argmax_including_ties():
     assert torch.equal(class_ids(logits), expected)
 
 
-def test_half_precision_needs_cuda(settings):
-    with pytest.raises(StartupError, match="SEGSERVE_TORCH_HALF=true needs a CUDA device"):
-        create_app({**settings, "TORCH_HALF": "true"})
-
-
-def test_channels_last_gives_the_same_masks(settings, client):
-    data = encode(photo("chelsea.jpg"), "JPEG", quality=90)
-    app = create_app({**settings, "TORCH_CHANNELS_LAST": "1"})
-    assert app.extensions["segserve"].backend.describe()["channels_last"] is True
-    mask = app.test_client().post("/v1/segment", data=data).get_json()["mask"]
-    assert mask == client.post("/v1/segment", data=data).get_json()["mask"]
-
-
 # -- settings --------------------------------------------------------------------------------
-
-
-def test_threads_alias():
-    assert Settings.from_mapping({"WEIGHTS_PATH": "/w", "THREADS": "2"}).torch_threads == 2
-    same = {"WEIGHTS_PATH": "/w", "THREADS": "2", "TORCH_THREADS": "2"}
-    assert Settings.from_mapping(same).torch_threads == 2
-    with pytest.raises(ConfigError, match="SEGSERVE_THREADS=2 and SEGSERVE_TORCH_THREADS=1"):
-        Settings.from_mapping({"WEIGHTS_PATH": "/w", "THREADS": "2", "TORCH_THREADS": "1"})
 
 
 @pytest.mark.parametrize(
@@ -109,7 +88,6 @@ def test_threads_alias():
             "runs on the CPU",
         ),
         ({"ONNX_SHA256": "xyz"}, "SEGSERVE_ONNX_SHA256 must be 64 hex digits"),
-        ({"TORCH_HALF": "maybe"}, "SEGSERVE_TORCH_HALF must be true or false"),
     ],
 )
 def test_backend_settings_are_checked(values, message):

@@ -14,7 +14,7 @@ from flask import Config, Flask, g, jsonify, request
 from PIL import Image
 from werkzeug.exceptions import HTTPException, NotFound
 
-from segserve import metrics
+from segserve import config, metrics
 from segserve.config import PREFIX, Settings, unknown_keys
 from segserve.errors import ServiceError, StartupError
 from segserve.handler import UNTRAINED_WARNING, SegmentationHandler
@@ -128,9 +128,9 @@ def _check_process_model(settings: Settings) -> None:
     gpu_here = os.path.exists("/dev/nvidiactl") or os.path.exists("/proc/driver/nvidia/version")
     if settings.device.startswith("cuda") or (settings.device == "auto" and gpu_here):
         raise StartupError(
-            f"SEGSERVE_DEVICE={settings.device} while the app is loaded in the uWSGI master: "
+            f"{config.DEVICE.env}={settings.device} while the app is loaded in the uWSGI master: "
             "run uWSGI with lazy-apps = true so each worker loads the model after fork, "
-            "or set SEGSERVE_DEVICE=cpu"
+            f"or set {config.DEVICE.env}=cpu"
         )
     log.warning(
         "loaded in the uWSGI master (no lazy-apps): every worker shares the model built "

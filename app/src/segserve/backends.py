@@ -16,6 +16,7 @@ import logging
 import os
 from typing import TYPE_CHECKING, Any, Protocol
 
+from segserve import config
 from segserve.errors import StartupError
 
 if TYPE_CHECKING:
@@ -50,11 +51,7 @@ class Backend(Protocol):
 
 
 class TorchBackend:
-    """Eager PyTorch under inference_mode: the reference on CPU and CUDA.
-
-    Options, all off by default and unmeasured on a GPU (no GPU was available when they were
-    added): float16 (CUDA only), channels_last memory format, cudnn.benchmark (CUDA only).
-    """
+    """Eager PyTorch under inference_mode, float32: the reference on CPU and CUDA."""
 
     name = "torch"
 
@@ -64,13 +61,6 @@ class TorchBackend:
         from segserve.models import build_model
 
         self.device = device
-        self.half = bool(settings and settings.torch_half)
-        self.channels_last = bool(settings and settings.torch_channels_last)
-        self.cudnn_benchmark = bool(settings and settings.cudnn_benchmark)
-        on_cuda = device.startswith("cuda")
-        if (self.half or self.cudnn_benchmark) and not on_cuda:
-            name = "SEGSERVE_TORCH_HALF" if self.half else "SEGSERVE_CUDNN_BENCHMARK"
-            raise StartupError(f"{name}=true needs a CUDA device, but the device is {device}")
         model = build_model(weights.arch, weights.num_classes)
         try:
             model.load_state_dict(weights.state_dict)
@@ -80,37 +70,20 @@ class TorchBackend:
             raise WeightsError(
                 f"{weights.path} does not fit {weights.arch}: {summarize(exc)}"
             ) from None
-        model = model.to(torch.device(device)).eval()
-        if self.half:
-            model = model.half()
-        if self.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        if self.cudnn_benchmark:
-            # Tunes per input shape: each new aspect ratio pays a search once.
-            torch.backends.cudnn.benchmark = True
-        self.model = model
+        self.model = model.to(torch.device(device)).eval()
 
     def infer(self, batch: torch.Tensor) -> torch.Tensor:
         import torch
 
         with torch.inference_mode():
             batch = batch.to(self.device, non_blocking=True)
-            if self.half:
-                batch = batch.half()
-            if self.channels_last:
-                batch = batch.contiguous(memory_format=torch.channels_last)
             logits = self.model(batch)["out"]
             # argmax on the device: a uint8 mask is 84x smaller to copy back than 21
             # float32 channels.
             return class_ids(logits).cpu()
 
     def describe(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "precision": "float16" if self.half else "float32",
-            "channels_last": self.channels_last,
-            "cudnn_benchmark": self.cudnn_benchmark,
-        }
+        return {"name": self.name, "precision": "float32"}
 
 
 def class_ids(logits: torch.Tensor) -> torch.Tensor:
@@ -185,7 +158,7 @@ class OnnxRuntimeBackend:
             import onnxruntime
         except ImportError:
             raise StartupError(
-                "SEGSERVE_BACKEND=onnxruntime but onnxruntime is not installed "
+                f"{config.BACKEND.env}=onnxruntime but onnxruntime is not installed "
                 "(pip install 'segserve[onnx]')"
             ) from None
         sha = file_sha256(path)
@@ -234,9 +207,10 @@ class OnnxRuntimeBackend:
             )
         if settings.input_size != int(meta.get("checked_input_size", 0) or 0):
             log.warning(
-                "onnx artifact %s was checked at input size %s; SEGSERVE_INPUT_SIZE is %d",
+                "onnx artifact %s was checked at input size %s; %s is %d",
                 path,
                 meta.get("checked_input_size"),
+                config.INPUT_SIZE.env,
                 settings.input_size,
             )
 

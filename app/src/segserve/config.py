@@ -1,188 +1,105 @@
 """Settings, read from SEGSERVE_* environment variables or from a mapping given by a test.
 
-Keys are the variable names without the prefix (WEIGHTS_PATH for SEGSERVE_WEIGHTS_PATH), as
-Flask's `Config.from_prefixed_env` produces them. Values may be strings (from the environment)
-or already typed (from a test); every one is validated here so that a bad value stops the
-worker at start with a message naming the variable, instead of failing on the first request.
+Every setting is declared once, below, as a `Setting` (its key, type, default, range and help);
+parsing, validation, the `Settings` fields and the settings table of app/README.md
+(`python -m segserve.config --markdown`) all come from that one list. Keys are the variable
+names without the prefix (WEIGHTS_PATH for SEGSERVE_WEIGHTS_PATH), as Flask's
+`Config.from_prefixed_env` produces them. Values may be strings (from the environment) or
+already typed (from a test); every one is validated here, so a bad value stops the worker at
+start with a message naming the variable instead of failing on the first request. Other
+modules name a setting through its declaration (`config.DEVICE.env`), never by a literal.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, make_dataclass
 from typing import Any
 
 from segserve.errors import ConfigError
 
 PREFIX = "SEGSERVE"
-# The short side the model accepts: below 16 its strided layers run out of pixels.
-INPUT_SIZE_RANGE = (16, 4096)
-
-# name -> (default, help). Anything under SEGSERVE_ not listed here is reported as unknown,
-# which catches typos such as SEGSERVE_WIEGHTS_PATH.
-KNOWN = {
-    "WEIGHTS_PATH": (None, "path of the weights file (required)"),
-    "WEIGHTS_SHA256": (None, "expected sha256 of the weights file"),
-    "ARCH": (None, "expected architecture; the weights file records its own"),
-    "DEVICE": ("auto", "auto, cpu, cuda or cuda:N"),
-    "TORCH_THREADS": (1, "intra-op threads per worker (torch and onnxruntime)"),
-    "THREADS": (None, "alias of TORCH_THREADS, for backends other than torch"),
-    "MAX_IMAGE_BYTES": (10 * 1024 * 1024, "largest accepted request body in bytes"),
-    # 24 million: a 6000x4000 photo, from a 24-megapixel camera. Larger photos exist (phones'
-    # 48-megapixel modes) and are refused: the limit bounds what one decode costs a worker.
-    "MAX_PIXELS": (24_000_000, "largest accepted image in pixels (decompression bombs)"),
-    # 32 MiB: the JSON mask costs 2-4 bytes per pixel, so about 16 megapixels at best; larger
-    # masks go as PNG (about a byte per pixel before compression).
-    "MAX_JSON_BYTES": (32 * 1024 * 1024, "largest JSON mask answer in bytes (PNG is not bounded)"),
-    "INPUT_SIZE": (520, "short side the image is resized to before inference"),
-    "BACKEND": ("torch", "inference backend: torch or onnxruntime"),
-    "ONNX_PATH": (None, "the ONNX artifact (segserve-weights export-onnx); onnxruntime only"),
-    "ONNX_SHA256": (None, "expected sha256 of the ONNX artifact"),
-    "TORCH_HALF": (False, "torch on CUDA: float16 inference (unmeasured, off)"),
-    "TORCH_CHANNELS_LAST": (False, "torch: channels_last memory format (unmeasured on GPU, off)"),
-    "CUDNN_BENCHMARK": (False, "torch on CUDA: cudnn.benchmark (unmeasured, off)"),
-    "METRICS_PORT": (None, "a port whose requests may only be GET /metrics and GET /healthz"),
-}
-
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
-
 
 @dataclass(frozen=True)
-class Settings:
-    weights_path: str
-    weights_sha256: str | None = None
-    arch: str | None = None
-    device: str = "auto"
-    torch_threads: int = 1
-    max_image_bytes: int = KNOWN["MAX_IMAGE_BYTES"][0]
-    max_pixels: int = KNOWN["MAX_PIXELS"][0]
-    max_json_bytes: int = KNOWN["MAX_JSON_BYTES"][0]
-    input_size: int = 520
-    backend: str = "torch"
-    onnx_path: str | None = None
-    onnx_sha256: str | None = None
-    torch_half: bool = False
-    torch_channels_last: bool = False
-    cudnn_benchmark: bool = False
-    metrics_port: int | None = None
+class Setting:
+    key: str
+    kind: str  # "text", "sha256", "choice", "int", "port" (an int 1-65535 or unset)
+    default: Any
+    help: str
+    low: int = 1
+    high: int | None = None
+    # The valid values, or a function that returns them (read when a value is checked).
+    choices: tuple[str, ...] | Callable[[], tuple[str, ...]] = ()
+    pattern: str | None = None
+    required: bool = False
+    # How the README shows the default, where the value alone says too little.
+    shown_default: str | None = None
+    # What a valid value looks like, for the error message of a `pattern`.
+    expect: str = ""
 
-    @classmethod
-    def from_mapping(cls, values: Mapping[str, Any]) -> Settings:
-        # Imported here: the registries import torch-free modules only, but keeping the
-        # dependency one-way (registries do not import config) avoids import cycles.
-        from segserve.backends import BACKENDS
-        from segserve.models import ARCHS
+    @property
+    def env(self) -> str:
+        return f"{PREFIX}_{self.key}"
 
-        def raw(name: str) -> Any:
-            value = values.get(name)
-            if isinstance(value, str):
-                value = value.strip()
-                if value == "":
-                    value = None
-            return value if value is not None else KNOWN[name][0]
+    @property
+    def name(self) -> str:
+        """The attribute of `Settings` that holds it."""
+        return self.key.lower()
 
-        path = raw("WEIGHTS_PATH")
-        if path is None:
-            raise ConfigError(
-                f"{PREFIX}_WEIGHTS_PATH is required: the path of a weights file "
-                "(make one with `segserve-weights init OUT.pth`)"
-            )
-
-        sha = _sha256("WEIGHTS_SHA256", raw("WEIGHTS_SHA256"))
-
-        arch = raw("ARCH")
-        if arch is not None and arch not in ARCHS:
-            raise ConfigError(f"{PREFIX}_ARCH must be one of {', '.join(ARCHS)}, got {arch!r}")
-
-        device = str(raw("DEVICE")).lower()
-        if not _DEVICE.match(device):
-            raise ConfigError(f"{PREFIX}_DEVICE must be auto, cpu, cuda or cuda:N, got {device!r}")
-
-        backend = str(raw("BACKEND")).lower()
-        if backend not in BACKENDS:
-            raise ConfigError(
-                f"{PREFIX}_BACKEND must be one of {', '.join(BACKENDS)}, got {backend!r}"
-            )
-
-        onnx_path = raw("ONNX_PATH")
-        if backend == "onnxruntime" and onnx_path is None:
-            raise ConfigError(
-                f"{PREFIX}_BACKEND=onnxruntime needs {PREFIX}_ONNX_PATH: the artifact made by "
-                "`segserve-weights export-onnx WEIGHTS.pth OUT.onnx`"
-            )
-        if backend == "onnxruntime" and device.startswith("cuda"):
-            raise ConfigError(
-                f"{PREFIX}_BACKEND=onnxruntime runs on the CPU; set {PREFIX}_DEVICE=cpu (or auto), "
-                f"or use {PREFIX}_BACKEND=torch on GPU hosts"
-            )
-
-        # SEGSERVE_THREADS is a backend-neutral alias; both set to different values is a typo.
-        threads = _positive_int("TORCH_THREADS", raw("TORCH_THREADS"))
-        if raw("THREADS") is not None:
-            alias = _positive_int("THREADS", raw("THREADS"))
-            if values.get("TORCH_THREADS") not in (None, "") and alias != threads:
-                raise ConfigError(
-                    f"{PREFIX}_THREADS={alias} and {PREFIX}_TORCH_THREADS={threads} disagree; "
-                    "set one of them"
-                )
-            threads = alias
-
-        return cls(
-            weights_path=str(path),
-            weights_sha256=sha,
-            arch=arch,
-            device=device,
-            torch_threads=threads,
-            max_image_bytes=_positive_int("MAX_IMAGE_BYTES", raw("MAX_IMAGE_BYTES")),
-            max_pixels=_positive_int("MAX_PIXELS", raw("MAX_PIXELS")),
-            max_json_bytes=_positive_int("MAX_JSON_BYTES", raw("MAX_JSON_BYTES")),
-            input_size=_positive_int(
-                "INPUT_SIZE", raw("INPUT_SIZE"), low=INPUT_SIZE_RANGE[0], high=INPUT_SIZE_RANGE[1]
-            ),
-            backend=backend,
-            onnx_path=None if onnx_path is None else str(onnx_path),
-            onnx_sha256=_sha256("ONNX_SHA256", raw("ONNX_SHA256")),
-            torch_half=_bool("TORCH_HALF", raw("TORCH_HALF")),
-            torch_channels_last=_bool("TORCH_CHANNELS_LAST", raw("TORCH_CHANNELS_LAST")),
-            cudnn_benchmark=_bool("CUDNN_BENCHMARK", raw("CUDNN_BENCHMARK")),
-            metrics_port=_optional_port("METRICS_PORT", raw("METRICS_PORT")),
-        )
+    def read(self, values: Mapping[str, Any]) -> Any:
+        value = values.get(self.key)
+        if isinstance(value, str):
+            value = value.strip() or None
+        if value is None:
+            if self.required:
+                raise ConfigError(f"{self.env} is required: {self.help}")
+            value = self.default
+        return None if value is None else _PARSERS[self.kind](self, value)
 
 
-def unknown_keys(values: Mapping[str, Any]) -> list[str]:
-    return sorted(f"{PREFIX}_{key}" for key in values if key not in KNOWN)
+def _text(setting: Setting, value: Any) -> str:
+    text = str(value)
+    if setting.pattern and not re.fullmatch(setting.pattern, text.lower()):
+        raise ConfigError(f"{setting.env} must be {setting.expect}, got {text!r}")
+    return text.lower() if setting.pattern else text
 
 
-def _sha256(name: str, value: Any) -> str | None:
-    if value is None:
-        return None
+def _sha256(setting: Setting, value: Any) -> str:
     sha = str(value).lower()
-    if not _SHA256.match(sha):
-        raise ConfigError(f"{PREFIX}_{name} must be 64 hex digits, got {sha!r}")
+    if not re.fullmatch(r"[0-9a-f]{64}", sha):
+        raise ConfigError(f"{setting.env} must be 64 hex digits, got {sha!r}")
     return sha
 
 
-def _bool(name: str, value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
+def _choice(setting: Setting, value: Any) -> str:
     text = str(value).lower()
-    if text in _TRUE:
-        return True
-    if text in _FALSE:
-        return False
-    raise ConfigError(f"{PREFIX}_{name} must be true or false, got {value!r}")
+    choices = setting.choices() if callable(setting.choices) else setting.choices
+    if text not in choices:
+        raise ConfigError(f"{setting.env} must be one of {', '.join(choices)}, got {text!r}")
+    return text
 
 
-def _optional_port(name: str, value: Any) -> int | None:
-    return None if value is None else _positive_int(name, value, low=1, high=65535)
+# The registries are read when a value is checked, not when this module is imported: the
+# modules that hold them (backends, models and what they import) name their own settings
+# through the declarations here, so this module imports none of them at its top.
+def _archs() -> tuple[str, ...]:
+    from segserve.models import ARCHS
+
+    return tuple(ARCHS)
 
 
-def _positive_int(name: str, value: Any, *, low: int = 1, high: int | None = None) -> int:
+def _backends() -> tuple[str, ...]:
+    from segserve.backends import BACKENDS
+
+    return tuple(BACKENDS)
+
+
+def _int(setting: Setting, value: Any) -> int:
     try:
         if isinstance(value, bool):
             raise ValueError
@@ -191,8 +108,150 @@ def _positive_int(name: str, value: Any, *, low: int = 1, high: int | None = Non
         if isinstance(value, float) and number != value:
             raise ValueError
     except (TypeError, ValueError):
-        raise ConfigError(f"{PREFIX}_{name} must be an integer, got {value!r}") from None
+        raise ConfigError(f"{setting.env} must be an integer, got {value!r}") from None
+    low, high = setting.low, setting.high
     if number < low or (high is not None and number > high):
         bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
-        raise ConfigError(f"{PREFIX}_{name} must be {bounds}, got {number}")
+        raise ConfigError(f"{setting.env} must be {bounds}, got {number}")
     return number
+
+
+_PARSERS = {"text": _text, "sha256": _sha256, "choice": _choice, "int": _int, "port": _int}
+
+# --- The settings ------------------------------------------------------------------------
+WEIGHTS_PATH = Setting(
+    "WEIGHTS_PATH", "text", None, required=True, shown_default="(required)", expect="a path",
+    help="the path of a weights file (make one with `segserve-weights init OUT.pth`)",
+)  # fmt: skip
+WEIGHTS_SHA256 = Setting(
+    "WEIGHTS_SHA256", "sha256", None,
+    help="expected sha256 of the weights file; a mismatch refuses to start",
+)  # fmt: skip
+ARCH = Setting(
+    "ARCH", "choice", None, choices=_archs,
+    help="expected architecture; the weights file records its own, a mismatch refuses to start",
+)  # fmt: skip
+DEVICE = Setting(
+    "DEVICE", "text", "auto", pattern=r"auto|cpu|cuda|cuda:\d+",
+    expect="`auto`, `cpu`, `cuda` or `cuda:N`",
+    help="where the model runs: `auto` is CUDA if available, else the CPU",
+)  # fmt: skip
+TORCH_THREADS = Setting(
+    "TORCH_THREADS", "int", 1,
+    help="intra-op threads per worker, for every backend (torch's inter-op threads too; "
+    "ONNX Runtime's inter-op threads are always 1)",
+)  # fmt: skip
+MAX_IMAGE_BYTES = Setting(
+    "MAX_IMAGE_BYTES", "int", 10 * 1024 * 1024,
+    help="largest request body (Flask `MAX_CONTENT_LENGTH`); the fleet keeps it equal to "
+    "uWSGI `limit-post` and nginx `client_max_body_size` (`segserve_max_image_bytes`)",
+)  # fmt: skip
+# 24 million: a 6000x4000 photo, from a 24-megapixel camera. Larger photos exist (phones'
+# 48-megapixel modes) and are refused: the limit bounds what one decode costs a worker.
+MAX_PIXELS = Setting(
+    "MAX_PIXELS", "int", 24_000_000,
+    help="largest image in pixels (a 6000x4000 photo), checked from the header before "
+    "decoding (decompression bombs); also Pillow's `MAX_IMAGE_PIXELS`",
+)  # fmt: skip
+# 32 MiB: the JSON mask costs 2-4 bytes per pixel, so about 16 megapixels at best; larger
+# masks go as PNG (about a byte per pixel before compression).
+MAX_JSON_BYTES = Setting(
+    "MAX_JSON_BYTES", "int", 32 * 1024 * 1024,
+    help="largest JSON mask answer (`/v1/segment` as JSON and `/infer`), refused with 422 "
+    "`json_too_large`; PNG answers are not bounded by it",
+)  # fmt: skip
+# The short side the model accepts: below 16 its strided layers run out of pixels.
+INPUT_SIZE = Setting(
+    "INPUT_SIZE", "int", 520, low=16, high=4096,
+    help="the short side images are resized to for the model (torchvision's preset for "
+    "these weights)",
+)  # fmt: skip
+BACKEND = Setting(
+    "BACKEND", "choice", "torch", choices=_backends,
+    help="inference backend: eager PyTorch (CPU or CUDA) or ONNX Runtime (CPU; see Backends)",
+)  # fmt: skip
+ONNX_PATH = Setting(
+    "ONNX_PATH", "text", None, expect="a path",
+    help="the artifact of `segserve-weights export-onnx WEIGHTS.pth OUT.onnx`; required "
+    "with `onnxruntime`",
+)  # fmt: skip
+ONNX_SHA256 = Setting(
+    "ONNX_SHA256", "sha256", None,
+    help="expected sha256 of the ONNX artifact; a mismatch refuses to start",
+)  # fmt: skip
+METRICS_PORT = Setting(
+    "METRICS_PORT", "port", None, high=65535,
+    help="a port whose requests may only be `GET /metrics` and `GET /healthz`; other "
+    "ports are unaffected (see Run it with uWSGI)",
+)  # fmt: skip
+
+SETTINGS = (
+    WEIGHTS_PATH, WEIGHTS_SHA256, ARCH, DEVICE, TORCH_THREADS, MAX_IMAGE_BYTES, MAX_PIXELS,
+    MAX_JSON_BYTES, INPUT_SIZE, BACKEND, ONNX_PATH, ONNX_SHA256, METRICS_PORT,
+)  # fmt: skip
+# Anything under SEGSERVE_ not declared is reported as unknown, which catches typos such as
+# SEGSERVE_WIEGHTS_PATH.
+KNOWN = {setting.key: setting for setting in SETTINGS}
+
+
+def _check_together(settings: Any) -> None:
+    """The rules that involve more than one setting."""
+    if settings.backend == "onnxruntime" and settings.onnx_path is None:
+        raise ConfigError(
+            f"{BACKEND.env}=onnxruntime needs {ONNX_PATH.env}: the artifact made by "
+            "`segserve-weights export-onnx WEIGHTS.pth OUT.onnx`"
+        )
+    if settings.backend == "onnxruntime" and settings.device.startswith("cuda"):
+        raise ConfigError(
+            f"{BACKEND.env}=onnxruntime runs on the CPU; set {DEVICE.env}=cpu (or auto), "
+            f"or use {BACKEND.env}=torch on GPU hosts"
+        )
+
+
+def _from_mapping(cls: type, values: Mapping[str, Any]) -> Any:
+    settings = cls(**{s.name: s.read(values) for s in SETTINGS})
+    _check_together(settings)
+    return settings
+
+
+Settings = make_dataclass(
+    "Settings",
+    [(s.name, Any, field(default=s.default)) for s in SETTINGS],
+    frozen=True,
+    namespace={"from_mapping": classmethod(_from_mapping)},
+)
+Settings.__module__ = __name__
+Settings.__doc__ = "The parsed settings, one field per `Setting` (its `name`)."
+
+
+def unknown_keys(values: Mapping[str, Any]) -> list[str]:
+    return sorted(f"{PREFIX}_{key}" for key in values if key not in KNOWN)
+
+
+def values_text(setting: Setting) -> str:
+    """What a valid value of `setting` is, in words."""
+    if setting.kind == "sha256":
+        return "64 hex digits"
+    if setting.kind == "choice":
+        choices = setting.choices() if callable(setting.choices) else setting.choices
+        return ", ".join(f"`{c}`" for c in choices)
+    if setting.kind in ("int", "port"):
+        if setting.high is None:
+            return f"integer >= {setting.low}"
+        return f"{setting.low}-{setting.high}"
+    return setting.expect or "text"
+
+
+def markdown_table() -> str:
+    """The settings table of app/README.md."""
+    rows = ["| Variable | Default | Values | Meaning |", "|---|---|---|---|"]
+    for s in SETTINGS:
+        shown = s.shown_default or ("unset" if s.default is None else f"`{s.default}`")
+        rows.append(f"| `{s.env}` | {shown} | {values_text(s)} | {s.help} |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["--markdown"]:
+        sys.exit("usage: python -m segserve.config --markdown")
+    print(markdown_table())

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from segserve.backends import ONNX_CLASS_IDS, ONNX_FORMAT, ONNX_INPUT, ONNX_LOGITS, ort_session
+from segserve.config import INPUT_SIZE
 from segserve.errors import StartupError
 
 if TYPE_CHECKING:
@@ -255,7 +256,7 @@ def export_onnx(
             "weights_source": weights.source,
             "precision": "float32",
             "input_size_policy": (
-                "dynamic batch, height and width; short side resized to SEGSERVE_INPUT_SIZE "
+                f"dynamic batch, height and width; short side resized to {INPUT_SIZE.env} "
                 f"(long side at most 4x); checked at {input_size}"
             ),
             "checked_input_size": str(input_size),

@@ -15,7 +15,9 @@ import numpy as np
 from PIL import Image
 
 from segserve.backends import create_backend
+from segserve.config import DEVICE
 from segserve.images import DecodedImage, decode_image, resized_size
+from segserve.metrics import StageTimings
 
 if TYPE_CHECKING:
     import torch
@@ -41,7 +43,7 @@ class Result:
     mask: np.ndarray  # (height, width) uint8 class ids
     width: int
     height: int
-    timings: dict[str, float] = field(default_factory=dict)  # stage -> seconds
+    timings: StageTimings = field(default_factory=StageTimings)
 
     def classes_present(self) -> list[int]:
         counts = np.bincount(self.mask.ravel(), minlength=1)
@@ -109,21 +111,15 @@ class SegmentationHandler:
     def handle(self, data: bytes, *, check_size: SizeCheck | None = None) -> Result:
         """`check_size(width, height)` may refuse the image from its header (see
         decode_image): the view passes the limits that depend on what it will answer."""
-        timings: dict[str, float] = {}
-        clock = time.perf_counter
-        t0 = clock()
-        decoded = self.decode(data, check_size)
-        t1 = clock()
-        batch = self.preprocess(decoded)
-        t2 = clock()
-        class_ids = self.infer(batch)
-        t3 = clock()
-        mask = self.postprocess(class_ids, decoded)
-        t4 = clock()
-        timings["decode"] = t1 - t0
-        timings["preprocess"] = t2 - t1
-        timings["inference"] = t3 - t2
-        timings["postprocess"] = t4 - t3
+        timings = StageTimings()
+        with timings.stage("decode"):
+            decoded = self.decode(data, check_size)
+        with timings.stage("preprocess"):
+            batch = self.preprocess(decoded)
+        with timings.stage("inference"):
+            class_ids = self.infer(batch)
+        with timings.stage("postprocess"):
+            mask = self.postprocess(class_ids, decoded)
         return Result(mask=mask, width=decoded.width, height=decoded.height, timings=timings)
 
     # -- description ----------------------------------------------------------------------
@@ -209,11 +205,11 @@ def resolve_device(device: str) -> str:
         from segserve.errors import StartupError
 
         if not torch.cuda.is_available():
-            raise StartupError(f"SEGSERVE_DEVICE={device} but CUDA is not available here")
+            raise StartupError(f"{DEVICE.env}={device} but CUDA is not available here")
         index = int(device.partition(":")[2] or 0)
         if index >= torch.cuda.device_count():
             raise StartupError(
-                f"SEGSERVE_DEVICE={device} but only {torch.cuda.device_count()} CUDA "
+                f"{DEVICE.env}={device} but only {torch.cuda.device_count()} CUDA "
                 "device(s) are visible"
             )
     return device

@@ -13,6 +13,9 @@ mode "max", see BUILD_INFO.
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -29,7 +32,21 @@ from prometheus_client.multiprocess import MultiProcessCollector
 # where a 520x520 CPU inference lands is finer.
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 20.0)
 
+# The stages of a request, in order: the metric's labels and the Server-Timing names.
 STAGES = ("decode", "preprocess", "inference", "postprocess", "encode")
+
+
+class StageTimings(dict):
+    """Seconds per stage of one request (stage name -> seconds), in the order they ran."""
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        if name not in STAGES:
+            raise ValueError(f"unknown stage {name!r}: one of {', '.join(STAGES)}")
+        started = time.perf_counter()
+        yield
+        self[name] = time.perf_counter() - started
+
 
 STAGE_SECONDS = Histogram(
     "segserve_stage_seconds",

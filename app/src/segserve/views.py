@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 from flask import Blueprint, Request, Response, current_app, jsonify, request
 
@@ -27,17 +26,17 @@ def segment() -> Response:
     data = read_image(request, strict=True)
     as_png = request.accept_mimetypes.best_match(["application/json", "image/png"]) == "image/png"
     # Only a JSON answer is bounded: a PNG mask is at most a byte per pixel before
-    # compression, which SEGSERVE_MAX_PIXELS bounds already.
+    # compression, which the pixel limit (config.MAX_PIXELS) bounds already.
     limit = handler.settings.max_json_bytes
     check = None if as_png else _json_header_check(limit, SEGMENT_JSON_HINT)
     result = handler.handle(data, check_size=check)
-    started = time.perf_counter()
-    if as_png:
-        body, mimetype = encode_png(result.mask), "image/png"
-    else:
-        body = _segment_json(result, handler, limit)
-        mimetype = "application/json"
-    return _finish(result, body, mimetype, started)
+    with result.timings.stage("encode"):
+        if as_png:
+            body, mimetype = encode_png(result.mask), "image/png"
+        else:
+            body = _segment_json(result, handler, limit)
+            mimetype = "application/json"
+    return _finish(result, body, mimetype)
 
 
 @bp.post("/infer")
@@ -48,9 +47,10 @@ def infer() -> Response:
     limit = handler.settings.max_json_bytes
     data = read_image(request, strict=False)
     result = handler.handle(data, check_size=_json_header_check(limit, INFER_JSON_HINT))
-    started = time.perf_counter()
     _refuse_json_over(json_mask_bytes(result.mask), limit, INFER_JSON_HINT)
-    return _finish(result, mask_to_json(result.mask), "application/json", started)
+    with result.timings.stage("encode"):
+        body = mask_to_json(result.mask)
+    return _finish(result, body, "application/json")
 
 
 @bp.get("/healthz")
@@ -142,8 +142,7 @@ def _segment_json(result: Result, handler: SegmentationHandler, limit: int) -> b
     return head + mask_to_json(result.mask) + b"}"
 
 
-def _finish(result: Result, body: bytes, mimetype: str, encode_started: float) -> Response:
-    result.timings["encode"] = time.perf_counter() - encode_started
+def _finish(result: Result, body: bytes, mimetype: str) -> Response:
     metrics.observe_stages(result.timings)
     response = Response(body, mimetype=mimetype)
     response.headers["Server-Timing"] = ", ".join(

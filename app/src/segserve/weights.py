@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from segserve import config
 from segserve.errors import StartupError
 from segserve.models import ARCHS, NUM_CLASSES, VOC_CATEGORIES, build_model
 
@@ -77,7 +78,7 @@ def init_payload(arch: str, seed: int, *, varied_masks: bool = False) -> dict[st
     `varied_masks` makes a TEST DEVICE, not a model: the classifier convolutions that output
     the class logits get zero bias and weights scaled by VARIED_MASKS_SCALE, so that the
     logits follow the image (spread about 1-2, like a trained model's order of magnitude)
-    and a mask holds 15-20 classes. Its masks are still meaningless; what it is for is an
+    and a mask holds 15-18 classes. Its masks are still meaningless; what it is for is an
     equivalence check that is not trivially passed by uniform masks.
     """
     import torch
@@ -219,7 +220,7 @@ def load(
         raise WeightsError(f"{path} records an unknown arch {arch!r}; known: {', '.join(ARCHS)}")
     if expected_arch is not None and arch != expected_arch:
         raise WeightsError(
-            f"weights arch mismatch: file {path} holds {arch}, SEGSERVE_ARCH asks for "
+            f"weights arch mismatch: file {path} holds {arch}, {config.ARCH.env} asks for "
             f"{expected_arch}"
         )
     state_dict = payload.get("state_dict")

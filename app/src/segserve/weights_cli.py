@@ -17,7 +17,7 @@ import argparse
 import json
 import sys
 
-from segserve.config import INPUT_SIZE_RANGE
+from segserve.config import BACKEND, INPUT_SIZE
 from segserve.models import ARCHS, DEFAULT_ARCH
 
 PROG = "segserve-weights"
@@ -238,12 +238,12 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "export-onnx",
-        help="convert a weights file to ONNX for SEGSERVE_BACKEND=onnxruntime, checking that "
+        help=f"convert a weights file to ONNX for {BACKEND.env}=onnxruntime, checking that "
         "its masks agree with eager PyTorch",
     )
     p.add_argument(
         "--input-size",
-        type=_int_between(*INPUT_SIZE_RANGE),
+        type=_int_between(INPUT_SIZE.low, INPUT_SIZE.high),
         default=520,
         help="short side for the check (default 520)",
     )

@@ -7,7 +7,8 @@ the other hosts through testinfra's Ansible backend.
 import json
 
 import pytest
-from faultlib import PHOTOS, address, fleet_host
+from fleetlib import PHOTOS, address, fleet_host
+from fleetvars import ACCESS_LOG, HEALTH_PORT, UNIT, UWSGI_PORT
 
 testinfra_hosts = ["outsider"]
 
@@ -67,7 +68,7 @@ def test_both_app_hosts_served(host, lb_url, photos):
     for _ in range(8):
         status, _ = post_image(host, lb_url, photos[0], accept="image/png")
         assert status == 200
-    log = fleet_host("lb1").file("/var/log/nginx/segserve_access.log").content_string
+    log = fleet_host("lb1").file(ACCESS_LOG).content_string
     upstreams = {json.loads(line).get("upstream_addr", "") for line in log.splitlines() if line}
     for app in ("app1", "app2"):
         assert any(address(app) in u for u in upstreams), (app, upstreams)
@@ -84,16 +85,16 @@ def test_bad_input_is_a_json_400_through_nginx(host, lb_url):
 
 def test_requests_succeed_with_one_app_host_stopped(host, lb_url, photos):
     app1 = fleet_host("app1")
-    app1.run("systemctl stop segserve")
+    app1.run(f"systemctl stop {UNIT}")
     try:
         for _ in range(6):
             status, _ = post_image(host, lb_url, photos[0], accept="image/png")
             assert status == 200
     finally:
-        app1.run("systemctl start segserve")
+        app1.run(f"systemctl start {UNIT}")
     ready = app1.run(
-        "for i in $(seq 120); do curl -sf http://127.0.0.1:8002/readyz && exit 0; sleep 1; done;"
-        " exit 1"
+        f"for i in $(seq 120); do curl -sf http://127.0.0.1:{HEALTH_PORT}/readyz && exit 0;"
+        " sleep 1; done; exit 1"
     )
     assert ready.rc == 0
 
@@ -101,7 +102,7 @@ def test_requests_succeed_with_one_app_host_stopped(host, lb_url, photos):
 def test_uwsgi_port_refuses_non_lb_host(host):
     app1 = address("app1")
     result = host.run(
-        f"python3 -c \"import socket; socket.create_connection(('{app1}', 8001), 5)\""
+        f"python3 -c \"import socket; socket.create_connection(('{app1}', {UWSGI_PORT}), 5)\""
     )
     assert result.rc != 0
     assert "ConnectionRefusedError" in result.stderr
@@ -110,6 +111,7 @@ def test_uwsgi_port_refuses_non_lb_host(host):
 def test_uwsgi_port_accepts_the_load_balancer(host):
     lb1 = fleet_host("lb1")
     connect = lb1.run(
-        f"python3 -c \"import socket; socket.create_connection(('{address('app1')}', 8001), 5)\""
+        f"python3 -c \"import socket; socket.create_connection(('{address('app1')}', {UWSGI_PORT}),"
+        ' 5)"'
     )
     assert connect.rc == 0, connect.stderr

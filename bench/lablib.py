@@ -1,0 +1,264 @@
+"""Helpers for driving the lab from this machine: commands here and in its containers,
+addresses, CPU accounting, converges, our service's unit, and the load generator.
+
+What each benchmarked stack does with them is in stacks.py; this module knows the lab, not
+the stacks.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import resource
+import shlex
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from provision import loadavg
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+RESULTS = HERE / "results"
+LAB = ROOT / ".lab"
+NETWORK = "segserve-lab"
+APP1 = "segserve-lab-app1"
+APP2 = "segserve-lab-app2"
+LB1 = "segserve-lab-lb1"
+BENCH_DIR = "/opt/segserve-bench"  # inside app1: the alternatives' venv, files, logs
+SEGSERVE_VENV = "/opt/segserve/venv"
+# The posted image: written by make_image, read by warm and wrk, copied into app1.
+IMAGE = LAB / "bench" / "astronaut-520.jpg"
+
+# Every log line of the run, kept for the results' .json.
+LOG: list[str] = []
+
+
+def log(msg: str) -> None:
+    line = f"[{time.strftime('%H:%M:%S')}] {msg}"
+    print(line, flush=True)
+    LOG.append(line)
+
+
+def sh(cmd, *, check=True, capture=False, env=None, timeout=None) -> subprocess.CompletedProcess:
+    if isinstance(cmd, str):
+        cmd = ["bash", "-c", cmd]
+    return subprocess.run(
+        cmd,
+        check=check,
+        text=True,
+        env=env,
+        timeout=timeout,
+        stdout=subprocess.PIPE if capture else None,
+        stderr=subprocess.STDOUT if capture else None,
+    )
+
+
+def dexec(container: str, script: str, *, check=True, capture=True, timeout=None) -> str:
+    out = sh(
+        ["docker", "exec", container, "bash", "-c", script],
+        check=False,
+        capture=True,
+        timeout=timeout,
+    )
+    if check and out.returncode != 0:
+        raise RuntimeError(f"{container}: {script[:200]}\n{out.stdout[-3000:]}")
+    return out.stdout
+
+
+def container_ip(name: str) -> str:
+    fmt = '{{(index .NetworkSettings.Networks "' + NETWORK + '").IPAddress}}'
+    return sh(["docker", "inspect", "-f", fmt, name], capture=True).stdout.strip()
+
+
+def subnet() -> str:
+    out = sh(
+        [
+            "docker",
+            "network",
+            "inspect",
+            NETWORK,
+            "-f",
+            "{{range .IPAM.Config}}{{.Subnet}} {{end}}",
+        ],
+        capture=True,
+    ).stdout.split()
+    return out[0]
+
+
+def cpu_usage_ns(container: str) -> int:
+    """CPU time the container has used, from its cgroup (v1 or v2); 0 if neither is found."""
+    cid = sh(["docker", "inspect", "-f", "{{.Id}}", container], capture=True).stdout.strip()
+    for path in (
+        f"/sys/fs/cgroup/cpuacct/docker/{cid}/cpuacct.usage",
+        f"/sys/fs/cgroup/system.slice/docker-{cid}.scope/cpu.stat",
+    ):
+        p = Path(path)
+        if p.exists():
+            text = p.read_text()
+            if path.endswith("cpu.stat"):
+                return int(re.search(r"usage_usec (\d+)", text).group(1)) * 1000
+            return int(text)
+    return 0
+
+
+def resolve_in_container(container: str, names: list[str]) -> None:
+    """Lab containers may fail to resolve names (Docker's embedded DNS cannot always reach the
+    machine's resolver); resolve them here and pin them in the container's /etc/hosts."""
+    import socket
+
+    for name in names:
+        if dexec(container, f"getent hosts {name} >/dev/null && echo ok", check=False).strip():
+            continue
+        address = socket.gethostbyname(name)
+        dexec(container, f"echo '{address} {name}' >> /etc/hosts")
+        log(f"{container}: {name} pinned to {address} in /etc/hosts (no DNS in the container)")
+
+
+_ENV: dict[str, str] = {}
+
+
+def read_env() -> dict[str, str]:
+    """Our service's settings on app1 (read once): the alternatives load the same weights."""
+    if not _ENV:
+        for line in dexec(APP1, "cat /etc/segserve/segserve.env").splitlines():
+            if "=" in line and not line.startswith("#"):
+                k, v = line.split("=", 1)
+                _ENV[k] = v
+    return _ENV
+
+
+# -- converging and our service ------------------------------------------------------------
+
+
+def playbook(playbook: str, extra: list[str], *, limit: str | None = None) -> float:
+    """Run a playbook on the lab; its output goes to .lab/bench/NAME.log. Returns seconds."""
+    cmd = ["ansible-playbook", playbook, "-i", "inventory/lab"]
+    for e in extra:
+        cmd += ["-e", e]
+    if limit:
+        cmd += ["--limit", limit]
+    started = time.perf_counter()
+    out = sh(cmd, check=False, capture=True)
+    took = time.perf_counter() - started
+    name = Path(playbook).stem
+    (LAB / "bench").mkdir(parents=True, exist_ok=True)
+    (LAB / "bench" / f"{name}.log").write_text(out.stdout)
+    if out.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{out.stdout[-4000:]}")
+    recap = re.findall(r"^(\S+)\s+: ok=(\d+)\s+changed=(\d+).*failed=(\d+)", out.stdout, re.M)
+    log(f"{' '.join(shlex.quote(c) for c in cmd)}: {took:.0f} s, recap {recap}")
+    return took
+
+
+def segserve_unit(container: str, action: str) -> None:
+    """systemctl ACTION segserve; a start returns once the service answers /readyz."""
+    dexec(container, f"systemctl {action} segserve")
+    if action in ("start", "restart"):
+        wait_http(container, "http://127.0.0.1:8002/readyz", 180)
+
+
+def wait_http(
+    container: str, url: str, timeout_s: int, want: str = "", any_status: bool = False
+) -> None:
+    """Poll URL from inside the container (some ports listen on 127.0.0.1 only) until its body
+    contains `want`, or, with any_status, until it answers at all (even an HTTP error)."""
+    script = (
+        "import sys,time,urllib.request,urllib.error\n"
+        f"end=time.time()+{timeout_s}\n"
+        "while time.time()<end:\n"
+        "  try:\n"
+        f"    body=urllib.request.urlopen({url!r},timeout=5).read().decode()\n"
+        f"    if {want!r} in body: sys.exit(0)\n"
+        f"  except urllib.error.HTTPError:\n    if {any_status!r}: sys.exit(0)\n"
+        "  except Exception: pass\n"
+        "  time.sleep(0.5)\n"
+        "sys.exit(1)\n"
+    )
+    out = sh(["docker", "exec", container, "python3", "-c", script], check=False, capture=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"{container}: {url} not ready in {timeout_s} s")
+
+
+def stop_pidfile(name: str) -> None:
+    """End the process app1 recorded in BENCH_DIR/NAME.pid (started with setsid nohup)."""
+    dexec(
+        APP1,
+        f"if [ -f {BENCH_DIR}/{name}.pid ]; then kill $(cat {BENCH_DIR}/{name}.pid) "
+        f"2>/dev/null; rm -f {BENCH_DIR}/{name}.pid; fi; sleep 1",
+        check=False,
+    )
+
+
+# -- load ----------------------------------------------------------------------------------
+
+
+def make_image(size: int = 520) -> Path:
+    """The posted JPEG: the service's sample photo at the served input size."""
+    sys.path.insert(0, str(ROOT / "app" / "src"))
+    from PIL import Image
+
+    from segserve import samples
+
+    with Image.open(samples.path("astronaut.jpg")) as photo:
+        image = photo.convert("RGB").resize((size, size), Image.Resampling.LANCZOS)
+    IMAGE.parent.mkdir(parents=True, exist_ok=True)
+    image.save(IMAGE, format="JPEG", quality=90)
+    return IMAGE
+
+
+def warm(url: str, n: int) -> None:
+    """Post the image n times and wait for each answer: first requests pay one-off costs."""
+    data = IMAGE.read_bytes()
+    for _ in range(n):
+        req = urllib.request.Request(url, data=data, headers={"Content-Type": "image/jpeg"})
+        with urllib.request.urlopen(req, timeout=120) as resp:
+            resp.read()
+
+
+def wrk(url: str, conns: int, duration: int, accept: str, watch: list[str]) -> dict:
+    """One wrk run posting IMAGE to URL; its JSON summary plus wrk's own CPU time (rusage of
+    children) and the CPU share of each container in `watch` during the run."""
+    cmd = [
+        "wrk",
+        "-t1",
+        f"-c{conns}",
+        f"-d{duration}s",
+        "--timeout",
+        "60s",
+        "-s",
+        str(HERE / "wrk" / "post_image.lua"),
+        url,
+        "--",
+        str(IMAGE),
+        accept,
+    ]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu_before = {c: cpu_usage_ns(c) for c in watch}
+    load_before = loadavg()
+    started = time.perf_counter()
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu_after = {c: cpu_usage_ns(c) for c in watch}
+    line = next(x for x in out.stdout.splitlines() if x.startswith("WRKJSON "))
+    r = json.loads(line[len("WRKJSON ") :])
+    wrk_cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    r.update(
+        url=url,
+        conns=conns,
+        accept=accept,
+        wall_s=wall,
+        images_per_s=r["ok"] / r["duration_s"],
+        bytes_per_response=(r["body_bytes"] / r["ok"]) if r["ok"] else 0,
+        errors=r["non2xx"] + sum(r["socket_errors"].values()),
+        wrk_cpu_s=wrk_cpu,
+        wrk_cpu_share=wrk_cpu / wall,
+        container_cpu_share={c: (cpu_after[c] - cpu_before[c]) / 1e9 / wall for c in watch},
+        load_before=load_before,
+        load_after=loadavg(),
+        command=" ".join(cmd),
+    )
+    return r

@@ -1,0 +1,122 @@
+"""The values the fleet is deployed with (ports, paths, names, limits), read from the files
+Ansible reads them from, never typed again here: the roles' defaults and vars and the
+inventory this scenario builds (molecule.yml). Every test module of the scenario shares them."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import jinja2
+import jinja2.meta
+import jinja2.nativetypes
+import yaml
+
+PROJECT = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"])
+SCENARIO = Path(__file__).resolve().parent.parent
+
+_MOLECULE = yaml.safe_load((SCENARIO / "molecule.yml").read_text())
+# Each platform's groups, and the inventory's group_vars and host_vars: linked directories
+# (relative to the scenario directory, as Molecule resolves them) or written in molecule.yml.
+_GROUPS = {p["name"]: p.get("groups", []) for p in _MOLECULE["platforms"]}
+_INVENTORY = _MOLECULE["provisioner"].get("inventory", {})
+_TEMPLATES = jinja2.nativetypes.NativeEnvironment(undefined=jinja2.StrictUndefined)
+
+
+def _yaml(path):
+    return yaml.safe_load(path.read_text()) or {}
+
+
+def _inventory_vars(kind, name):
+    """The inventory's group_vars or host_vars (`kind`) for `name`, in the order Ansible
+    reads them: a linked directory's `name`/*.yml (or `name`.yml), then molecule.yml's own."""
+    found = {}
+    if kind in _INVENTORY.get("links", {}):
+        base = SCENARIO / _INVENTORY["links"][kind]
+        folder = base / name
+        files = (
+            sorted(p for p in folder.iterdir() if p.suffix in (".yml", ".yaml"))
+            if folder.is_dir()
+            else [p for p in (base / f"{name}.yml", base / f"{name}.yaml") if p.is_file()]
+        )
+        for path in files:
+            found.update(_yaml(path))
+    found.update(_INVENTORY.get(kind, {}).get(name) or {})
+    return found
+
+
+def _roles_vars(kind):
+    """Every role's defaults or vars (`kind`) together. Each role names its variables with its
+    own prefix, so no two roles define one: where they do, which one a play sees depends on
+    the play, and this raises instead of picking one."""
+    merged, owner = {}, {}
+    for path in sorted((PROJECT / "roles").glob(f"*/{kind}/main.yml")):
+        role = path.parent.parent.name
+        for name, value in _yaml(path).items():
+            if name in owner:
+                raise ValueError(f"{name} is in the {kind} of both {owner[name]} and {role}")
+            merged[name], owner[name] = value, role
+    return merged
+
+
+class HostVars:
+    """A host's variables from the roles and the inventory, in Ansible's order of precedence
+    (lowest first): the roles' defaults, the inventory's group_vars (all, then the host's
+    groups), its host_vars, the roles' vars. A value with Jinja is rendered from these same
+    variables with Jinja2's native types, as ansible-core renders it; one that needs more
+    (facts, lookups, magic variables, Ansible's own filters) raises instead of being guessed.
+    A play's own vars are not read: the fleet's plays set none of the values below."""
+
+    def __init__(self, host):
+        layers = [_roles_vars("defaults")]
+        layers += [_inventory_vars("group_vars", g) for g in ("all", *_GROUPS[host])]
+        layers += [_inventory_vars("host_vars", host), _roles_vars("vars")]
+        self.raw = {}
+        for layer in layers:
+            self.raw.update(layer)
+
+    def __getitem__(self, name):
+        return self._resolve(name, ())
+
+    def _resolve(self, name, seen):
+        if name in seen:
+            raise ValueError(f"{name} refers to itself: {' -> '.join((*seen, name))}")
+        return self._render(self.raw[name], (*seen, name))
+
+    def _render(self, value, seen):
+        if isinstance(value, list):
+            return [self._render(v, seen) for v in value]
+        if isinstance(value, dict):
+            return {k: self._render(v, seen) for k, v in value.items()}
+        if not isinstance(value, str) or ("{{" not in value and "{%" not in value):
+            return value
+        names = jinja2.meta.find_undeclared_variables(_TEMPLATES.parse(value))
+        known = {n: self._resolve(n, seen) for n in names if n in self.raw}
+        return _TEMPLATES.from_string(value).render(known)
+
+
+# app2 takes its vars from the same files as app1 (the scenario has no host_vars for either).
+APP_VARS = HostVars("app1")
+LB_VARS = HostVars("lb1")
+
+# The service's name: its systemd unit, its nftables table, its config and runtime dirs.
+UNIT = APP_VARS["uwsgi_app_name"]
+SERVICE_USER = APP_VARS["uwsgi_app_user"]
+VENV = APP_VARS["uwsgi_app_venv"]
+RESTART_MARKER = APP_VARS["__uwsgi_app_restart_marker"]
+UWSGI_PORT = APP_VARS["uwsgi_app_port"]
+HEALTH_PORT = APP_VARS["uwsgi_app_health_port"]
+STATS_PORT = APP_VARS["uwsgi_app_stats_port"]
+METRICS_PORT = APP_VARS["uwsgi_app_metrics_port"]
+MAX_JSON_BYTES = APP_VARS["uwsgi_app_max_json_bytes"]
+# Drop-ins the tests add for one case (systemd's runtime directory: gone at the next boot).
+DROPIN_DIR = f"/run/systemd/system/{UNIT}.service.d"
+
+HTTP_PORT = LB_VARS["nginx_listen_port"]
+TLS_PORT = LB_VARS["nginx_tls_port"]
+TLS_CERT = LB_VARS["nginx_tls_certificate"]
+MAX_BODY_BYTES = LB_VARS["nginx_client_max_body_bytes"]
+INFLIGHT_LIMIT = LB_VARS["nginx_inflight_limit"]
+STATUS_PATH = LB_VARS["nginx_status_path"]
+ACCESS_LOG = LB_VARS["nginx_access_log_path"]
+SITE = LB_VARS["__nginx_site_file"]

@@ -1,0 +1,140 @@
+"""Deploys on the running fleet: a redeploy that changes nothing, then a rolling deploy of a
+new app version and new weights under load. conftest.py runs this module last: the rolling
+deploy leaves the fleet on the new version and weights."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from fleetlib import (
+    APP_HOSTS,
+    INVENTORY,
+    fleet_host,
+    log_mark,
+    log_since,
+    master_pid,
+    retried,
+    served_by,
+    sh,
+    wait_ready,
+)
+from fleetvars import HEALTH_PORT, PROJECT, RESTART_MARKER, VENV
+from loadlib import Load, brief
+
+testinfra_hosts = ["outsider"]
+
+
+def test_redeploy_drains_only_the_host_that_owes_a_restart(client):
+    """A deploy that changes nothing drains and restarts nothing; a restart owed by an
+    earlier run that failed after its changes (its marker in /run) is still made. It runs
+    before the rolling deploy below (file order within this module, which conftest.py runs
+    last), on the fleet as converged."""
+    app1, app2 = fleet_host("app1"), fleet_host("app2")
+    before = {name: master_pid(fleet_host(name)) for name in APP_HOSTS}
+    sh(app1, f"touch {RESTART_MARKER}")
+    deploy = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "ansible-playbook"),
+            "-i",
+            INVENTORY,
+            str(PROJECT / "playbooks" / "app.yml"),
+        ],
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert deploy.returncode == 0, deploy.stdout[-3000:] + deploy.stderr[-2000:]
+    # Molecule forces Ansible's colours on (ANSIBLE_FORCE_COLOR): read the plain text.
+    out = re.sub(r"\x1b\[[0-9;]*m", "", deploy.stdout)
+    drained = re.findall(r"included: \S+/playbooks/tasks/drain\.yml for (\w+)", out)
+    changed = re.findall(r"TASK \[([^\]]+)\][^\n]*\n(?:[^\n]*\n)?changed: \[(\w+)", out)
+    assert drained == ["app1"], (drained, changed)
+    assert master_pid(app1) != before["app1"], "app1 owed a restart and kept its master"
+    assert master_pid(app2) == before["app2"], "app2 had nothing new and was restarted"
+    assert not app1.file(RESTART_MARKER).exists
+    assert re.search(r"app2\s+: ok=\d+\s+changed=0\s", out), out[-1500:]
+    wait_ready(app1)
+
+
+def test_rolling_deploy_loses_nothing(client, lb, report, capacity, tmp_path):
+    stamp = int(time.time())
+    version = f"0.1.1.dev{stamp}"
+    app_copy = tmp_path / "app"
+    shutil.copytree(
+        PROJECT / "app",
+        app_copy,
+        ignore=shutil.ignore_patterns("tests", "*.egg-info", "__pycache__", ".*cache"),
+    )
+    pyproject = app_copy / "pyproject.toml"
+    pyproject.write_text(
+        re.sub(r'(?m)^version = ".*"$', f'version = "{version}"', pyproject.read_text())
+    )
+    weights = tmp_path / "weights.pth"
+    sha256 = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "segserve-weights"),
+            "init",
+            "--seed",
+            str(stamp % 100_000 + 1),
+            str(weights),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    command = [
+        str(Path(sys.executable).parent / "ansible-playbook"),
+        "-i",
+        INVENTORY,
+        str(PROJECT / "playbooks" / "app.yml"),
+        "-e",
+        f"uwsgi_app_src={app_copy}",
+        "-e",
+        f"uwsgi_app_weights_src={weights}",
+        "-e",
+        f"uwsgi_app_weights_sha256={sha256}",
+    ]
+    mark = log_mark()
+    load = Load(client, "rolling", lb, duration=900)
+    time.sleep(3)
+    started = time.time()
+    deploy = subprocess.run(command, cwd=PROJECT, capture_output=True, text=True, timeout=600)
+    seconds = time.time() - started
+    time.sleep(3)
+    result = load.result(stop=True)
+    assert deploy.returncode == 0, deploy.stdout[-3000:] + deploy.stderr[-2000:]
+    entries = log_since(mark)
+    hosts = {}
+    for name in APP_HOSTS:
+        app = fleet_host(name)
+        model = json.loads(sh(app, f"curl -sf http://127.0.0.1:{HEALTH_PORT}/v1/model"))
+        installed = sh(
+            app,
+            f"{VENV}/bin/python -c"
+            " 'import importlib.metadata as m; print(m.version(\"segserve\"))'",
+        ).strip()
+        hosts[name] = (installed, model["weights_sha256"])
+    report.add(
+        "3. Rolling deploy",
+        "`playbooks/app.yml` with a new app version and new weights, one host at a time, each"
+        " drained from lb1 and put back after /readyz: 0 failed, every host on the new version.",
+        result,
+        [
+            f"deploy of {version} with weights {sha256[:12]}... took {seconds:.0f} s",
+            "after: "
+            + ", ".join(f"{n} runs {v} with weights {s[:12]}..." for n, (v, s) in hosts.items()),
+            f"requests cut and retried on the other host: {len(retried(entries))} (the drain"
+            " waits for the host's requests in flight)",
+            f"served by app1 / app2 during the load: {len(served_by(entries, 'app1'))} /"
+            f" {len(served_by(entries, 'app2'))}",
+        ],
+    )
+    assert result["failed"] == 0, brief(result)
+    assert all(h == (version, sha256) for h in hosts.values()), hosts
