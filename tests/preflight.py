@@ -16,7 +16,9 @@ PLAYBOOK = """\
     # The fleet's values, from which the roles' defaults derive.
     - role: segserve
   tasks:
-    - name: Run the tasks
+{includes}"""
+INCLUDE = """\
+    - name: Run {tasks}
       ansible.builtin.include_role:
         name: {role}
         tasks_from: {tasks}
@@ -38,10 +40,16 @@ def run_preflight(tmp_path: Path, role: str, extra: dict, gather_facts: bool = F
     return run_tasks(tmp_path, role, "preflight.yml", extra, gather_facts)
 
 
-def run_tasks(tmp_path: Path, role: str, tasks: str, extra: dict, gather_facts: bool = False):
-    """Run one task file of a role against localhost."""
+def run_tasks(
+    tmp_path: Path, role: str, tasks: str | list[str], extra: dict, gather_facts: bool = False
+):
+    """Run one task file of a role (or several, in order) against localhost."""
+    files = [tasks] if isinstance(tasks, str) else tasks
+    includes = "".join(INCLUDE.format(role=role, tasks=name) for name in files)
     (tmp_path / "play.yml").write_text(
-        PLAYBOOK.format(role=role, tasks=tasks, gather_facts=gather_facts)
+        PLAYBOOK.format(
+            role=role, tasks=", ".join(files), gather_facts=gather_facts, includes=includes
+        )
     )
     (tmp_path / "hosts.yml").write_text(INVENTORY)
     return run_playbook(tmp_path / "play.yml", tmp_path / "hosts.yml", extra)

@@ -17,7 +17,8 @@ def download(tmp_path, url):
         "uwsgi_app_home": str(home),
         "uwsgi_app_group": grp.getgrgid(os.getgid()).gr_name,
     }
-    return run_tasks(tmp_path, "uwsgi_app", "weights.yml", extra)
+    # The plan decides the download (the host has no weights file yet), then weights.yml runs.
+    return run_tasks(tmp_path, "uwsgi_app", ["plan.yml", "weights.yml"], extra, gather_facts=True)
 
 
 @pytest.mark.parametrize(
