@@ -352,7 +352,7 @@ def test_metrics(client):
     assert response.content_type.startswith("text/plain")
     text = response.get_data(as_text=True)
     for stage in ("decode", "preprocess", "inference", "encode"):
-        assert f'segserve_stage_seconds_bucket{{le="0.005",stage="{stage}"}}' in text
+        assert f'segserve_stage_seconds_bucket{{device="cpu",le="0.005",stage="{stage}"}}' in text
     assert 'segserve_requests_total{endpoint="/v1/segment",status="200"}' in text
     assert 'segserve_requests_total{endpoint="/v1/segment",status="400"}' in text
     assert "segserve_request_seconds_bucket" in text

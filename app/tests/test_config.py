@@ -96,12 +96,3 @@ def test_unknown_settings_are_reported(settings, caplog):
     with caplog.at_level(logging.WARNING, logger="segserve"):
         create_app({**settings, "WIEGHTS_PATH": "/typo"})
     assert "ignoring unknown setting SEGSERVE_WIEGHTS_PATH" in caplog.text
-
-
-def test_cuda_without_cuda_is_refused(settings):
-    import torch
-
-    if torch.cuda.is_available():
-        pytest.skip("this machine has CUDA")
-    with pytest.raises(StartupError, match="CUDA is not available"):
-        create_app({**settings, "DEVICE": "cuda"})

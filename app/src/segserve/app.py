@@ -14,7 +14,7 @@ from flask import Config, Flask, g, jsonify, request
 from PIL import Image
 from werkzeug.exceptions import HTTPException, NotFound
 
-from segserve import config, metrics
+from segserve import config, gpus, metrics
 from segserve.config import PREFIX, Settings, unknown_keys
 from segserve.errors import ServiceError, StartupError
 from segserve.handler import UNTRAINED_WARNING, SegmentationHandler
@@ -156,8 +156,9 @@ def _log_started(handler: SegmentationHandler) -> None:
     # The backend's details (an ONNX artifact's path, sha256 and agreement) are for operators:
     # the log has them, the public /v1/model does not.
     log.info(
-        "ready: arch=%s device=%s backend=%s input_size=%d threads=%d weights=%s sha256=%s "
-        "source=%s warm-up=%.0fms backend_details=%s",
+        "ready: worker=%d arch=%s device=%s backend=%s input_size=%d threads=%d weights=%s "
+        "sha256=%s source=%s warm-up=%.0fms backend_details=%s",
+        gpus.worker_id(),
         w.arch,
         handler.device,
         handler.settings.backend,
@@ -235,6 +236,8 @@ def _register_hooks(app: Flask) -> None:
         endpoint = "unmatched" if unmatched else rule.rule
         started = g.get("segserve_started")
         if started is not None:
-            metrics.REQUEST_SECONDS.labels(endpoint).observe(time.perf_counter() - started)
+            # The worker's device: on a GPU host each worker has its own (segserve.gpus).
+            device = app.extensions["segserve"].device
+            metrics.REQUEST_SECONDS.labels(endpoint, device).observe(time.perf_counter() - started)
         metrics.REQUESTS.labels(endpoint, str(response.status_code)).inc()
         return response

@@ -134,7 +134,15 @@ ARCH = Setting(
 DEVICE = Setting(
     "DEVICE", "text", "auto", pattern=r"auto|cpu|cuda|cuda:\d+",
     expect="`auto`, `cpu`, `cuda` or `cuda:N`",
-    help="where the model runs: `auto` is CUDA if available, else the CPU",
+    help="where the model runs: `cuda` gives each worker one of the host's GPUs in turn, "
+    "`cuda:N` puts every worker on GPU N, `auto` is `cuda` on a host whose NVIDIA driver "
+    "lists GPUs, else the CPU",
+)  # fmt: skip
+GPU_COUNT = Setting(
+    "GPU_COUNT", "int", 0, low=0,
+    help="GPUs on this host (the cuda role's `cuda_gpu_count`); with `cuda` (or `auto` on a "
+    "GPU host) worker k uses GPU (k-1) mod this count, alone (see GPU hosts); 0 counts the "
+    "GPUs the NVIDIA driver lists",
 )  # fmt: skip
 TORCH_THREADS = Setting(
     "TORCH_THREADS", "int", 1,
@@ -186,8 +194,8 @@ METRICS_PORT = Setting(
 )  # fmt: skip
 
 SETTINGS = (
-    WEIGHTS_PATH, WEIGHTS_SHA256, ARCH, DEVICE, TORCH_THREADS, MAX_IMAGE_BYTES, MAX_PIXELS,
-    MAX_JSON_BYTES, INPUT_SIZE, BACKEND, ONNX_PATH, ONNX_SHA256, METRICS_PORT,
+    WEIGHTS_PATH, WEIGHTS_SHA256, ARCH, DEVICE, GPU_COUNT, TORCH_THREADS, MAX_IMAGE_BYTES,
+    MAX_PIXELS, MAX_JSON_BYTES, INPUT_SIZE, BACKEND, ONNX_PATH, ONNX_SHA256, METRICS_PORT,
 )  # fmt: skip
 # Anything under SEGSERVE_ not declared is reported as unknown, which catches typos such as
 # SEGSERVE_WIEGHTS_PATH.

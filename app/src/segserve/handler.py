@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
+from segserve import gpus
 from segserve.backends import create_backend
-from segserve.config import DEVICE
 from segserve.images import DecodedImage, decode_image, resized_size
 from segserve.metrics import StageTimings
 
@@ -66,11 +66,14 @@ class SegmentationHandler:
 
         s = self.settings
         # ONNX Runtime runs on the CPU here: "auto" means the best this backend can use.
-        self.device = resolve_device("cpu" if s.backend == "onnxruntime" else s.device)
+        # The GPU is chosen before anything starts CUDA in this worker (see segserve.gpus).
+        self.placement = gpus.place("cpu" if s.backend == "onnxruntime" else s.device, s.gpu_count)
+        gpus.check_visible(self.placement)
+        self.device = self.placement.label
         self.weights = weights_mod.load(
             s.weights_path, expected_sha256=s.weights_sha256, expected_arch=s.arch
         )
-        self.backend = create_backend(s.backend, self.weights, self.device, s)
+        self.backend = create_backend(s.backend, self.weights, self.placement.torch_device, s)
         started = time.perf_counter()
         self.warm_up()
         self.warmup_seconds = time.perf_counter() - started
@@ -194,22 +197,3 @@ def to_batch(image: Image.Image, input_size: int) -> torch.Tensor:
     tensor = pixels.permute(2, 0, 1).float().div_(255.0)
     tensor = tensor.sub_(torch.tensor(MEAN).view(3, 1, 1)).div_(torch.tensor(STD).view(3, 1, 1))
     return tensor.unsqueeze(0).contiguous()
-
-
-def resolve_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda"):
-        from segserve.errors import StartupError
-
-        if not torch.cuda.is_available():
-            raise StartupError(f"{DEVICE.env}={device} but CUDA is not available here")
-        index = int(device.partition(":")[2] or 0)
-        if index >= torch.cuda.device_count():
-            raise StartupError(
-                f"{DEVICE.env}={device} but only {torch.cuda.device_count()} CUDA "
-                "device(s) are visible"
-            )
-    return device

@@ -50,8 +50,8 @@ class StageTimings(dict):
 
 STAGE_SECONDS = Histogram(
     "segserve_stage_seconds",
-    "Time spent per request in each processing stage.",
-    ["stage"],
+    "Time spent per request in each processing stage, by the worker's device.",
+    ["stage", "device"],
     buckets=_BUCKETS,
 )
 REQUESTS = Counter(
@@ -61,8 +61,8 @@ REQUESTS = Counter(
 )
 REQUEST_SECONDS = Histogram(
     "segserve_request_seconds",
-    "Time from the request reaching the app to the response leaving it.",
-    ["endpoint"],
+    "Time from the request reaching the app to the response leaving it, by the worker's device.",
+    ["endpoint", "device"],
     buckets=_BUCKETS,
 )
 MODEL_LOADS = Counter(
@@ -86,9 +86,9 @@ BUILD_INFO = Gauge(
 )
 
 
-def observe_stages(timings: dict[str, float]) -> None:
+def observe_stages(timings: dict[str, float], device: str) -> None:
     for stage, seconds in timings.items():
-        STAGE_SECONDS.labels(stage).observe(seconds)
+        STAGE_SECONDS.labels(stage, device).observe(seconds)
 
 
 def render() -> tuple[bytes, str]:

@@ -143,7 +143,7 @@ def _segment_json(result: Result, handler: SegmentationHandler, limit: int) -> b
 
 
 def _finish(result: Result, body: bytes, mimetype: str) -> Response:
-    metrics.observe_stages(result.timings)
+    metrics.observe_stages(result.timings, current_app.extensions["segserve"].device)
     response = Response(body, mimetype=mimetype)
     response.headers["Server-Timing"] = ", ".join(
         f"{stage};dur={seconds * 1000:.1f}" for stage, seconds in result.timings.items()

@@ -109,6 +109,14 @@ def test_local_facts_for_app_role(host):
     assert facts["reboot_required"] is False
 
 
+def test_nvswitch_host_gets_fabric_manager_at_the_drivers_version(host):
+    # From branch 580 NVIDIA's repository names it without the branch; the version is the
+    # driver's own, with any packaging revision.
+    facts = json.loads(host.file("/etc/ansible/facts.d/cuda.fact").content_string)
+    assert facts["nvswitch_count"] == 4
+    assert facts["fabricmanager"] == ["nvidia-fabricmanager=580.95.05*"]
+
+
 def test_impostor_key_refused_and_removed(host):
     assert not host.file("/etc/apt/keyrings/nvidia-cuda.asc").exists
 

@@ -1,0 +1,80 @@
+"""On a GPU host the uwsgi_app role starts GPUs x uwsgi_app_processes_per_gpu workers and tells
+the app the host's GPU count (the cuda role's cuda_gpu_count fact), from which each worker
+takes its own GPU (app/README.md, GPU hosts). Rendered on the controller into tmp_path, as
+tasks/configure.yml renders them on a host."""
+
+import os
+import re
+
+from preflight import run_playbook
+
+LAYOUT = """\
+    - name: Plan the {name} layout
+      ansible.builtin.include_role: {{name: uwsgi_app, tasks_from: plan.yml}}
+      vars: &{name}
+        cuda_gpu_count: 8
+        uwsgi_app_device: "{device}"
+        uwsgi_app_config_dir: "{out}/{name}"
+    - name: Render the {name} layout
+      ansible.builtin.include_role: {{name: uwsgi_app, tasks_from: configure.yml}}
+      vars: *{name}
+"""
+PLAY = """\
+- name: Render the service's files for three device settings on an 8-GPU host
+  hosts: localhost
+  gather_facts: true
+  roles:
+    - role: segserve
+  tasks:
+{layouts}"""
+INVENTORY = """\
+all:
+  hosts:
+    localhost:
+      ansible_connection: local
+      ansible_python_interpreter: "{{ ansible_playbook_python }}"
+      uwsgi_app_listen_address: 10.0.0.5
+"""
+DEVICES = {"spread": "auto", "pinned": "cuda:3", "cpu": "cpu"}
+
+
+def rendered(tmp_path, name):
+    env = (tmp_path / name / "segserve.env").read_text()
+    ini = (tmp_path / name / "uwsgi.ini").read_text()
+    settings = dict(re.findall(r"^(SEGSERVE_[A-Z_]+)=(.*)$", env, re.M))
+    return settings, int(re.search(r"^processes = (\d+)$", ini, re.M).group(1))
+
+
+def test_an_8_gpu_host_gets_one_gpu_per_worker(tmp_path):
+    weights = tmp_path / "w.pth"
+    weights.write_bytes(b"weights")
+    for name in DEVICES:
+        (tmp_path / name).mkdir()
+    layouts = "".join(
+        LAYOUT.format(name=name, device=device, out=tmp_path) for name, device in DEVICES.items()
+    )
+    (tmp_path / "play.yml").write_text(PLAY.format(layouts=layouts))
+    (tmp_path / "hosts.yml").write_text(INVENTORY)
+    run = run_playbook(
+        tmp_path / "play.yml",
+        tmp_path / "hosts.yml",
+        {
+            "uwsgi_app_home": str(tmp_path / "home"),
+            "uwsgi_app_group": "root",
+            "uwsgi_app_weights_src": str(weights),
+            "uwsgi_app_weights_sha256": "0" * 64,
+            "__uwsgi_app_unit_file": str(tmp_path / "segserve.service"),
+            "__uwsgi_app_restart_marker": str(tmp_path / "restart-pending"),
+        },
+    )
+    assert run.returncode == 0, run.stdout[-3000:]
+    # auto on a GPU host: 8 GPUs x 2 workers, each worker its own GPU by its slot.
+    settings, processes = rendered(tmp_path, "spread")
+    assert processes == 16
+    assert (settings["SEGSERVE_DEVICE"], settings["SEGSERVE_GPU_COUNT"]) == ("auto", "8")
+    # Every worker on GPU 3: one GPU's share of workers, not eight GPUs' worth.
+    settings, processes = rendered(tmp_path, "pinned")
+    assert processes == 2 and settings["SEGSERVE_DEVICE"] == "cuda:3"
+    # The CPU on a GPU host: one worker per core (torch threads 1), as on a CPU host.
+    settings, processes = rendered(tmp_path, "cpu")
+    assert processes == len(os.sched_getaffinity(0)) and settings["SEGSERVE_DEVICE"] == "cpu"
