@@ -16,6 +16,7 @@ import re
 import socket
 import statistics
 import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -197,6 +198,8 @@ def report(machine: dict, placed: list[dict], pids: dict[str, int], phases: list
         f"Layout: {machine['workers']} workers (GPUs x {WORKERS_PER_GPU}), one torch thread "
         "each, app/uwsgi.ini (the role's options), lazy-apps; 520 short side; PNG masks; the "
         "bench's multi-class test weights (untrained: speed only, no accuracy).",
+        "CUDA smoke test (roles/uwsgi_app/files/cuda_smoke.py): "
+        f"`{machine.get('smoke', 'not run')}`",
         "",
         "## Worker placement (from each worker's `ready:` line)",
         "",
@@ -258,6 +261,15 @@ def main() -> None:
         "cuda": torch.version.cuda, "cpus": os.cpu_count(), "cpu": cpu_model(),
         "workers": workers,
     }  # fmt: skip
+    # The role's CUDA smoke test first: every GPU seen, a computation right on each.
+    if not CPU_REHEARSAL:
+        smoke = subprocess.run(
+            [sys.executable, str(ROOT / "roles/uwsgi_app/files/cuda_smoke.py"), str(gpus)],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        if smoke.returncode != 0:
+            raise SystemExit(smoke.stdout + smoke.stderr)
+        machine["smoke"] = smoke.stdout.strip()
     proc, url, stats_url, log = start(args, gpus, workers)
     try:
         placed = wait_ready(proc, log, workers)
