@@ -82,3 +82,32 @@ def run_uwsgi_app_preflight(tmp_path: Path, **extra):
     weights.write_bytes(b"not read by the preflight")
     inputs = {"uwsgi_app_weights_src": str(weights), "uwsgi_app_weights_sha256": "0" * 64}
     return run_preflight(tmp_path, "uwsgi_app", {**inputs, **extra})
+
+
+# localhost as the one app host, for running uwsgi_app task files that render the service's
+# files (tasks/plan.yml, tasks/configure.yml) into a test's own folder.
+RENDER_INVENTORY = """\
+all:
+  hosts:
+    localhost:
+      ansible_connection: local
+      ansible_python_interpreter: "{{ ansible_playbook_python }}"
+      uwsgi_app_listen_address: 10.0.0.5
+"""
+
+
+def run_uwsgi_app_render(tmp_path: Path, play: str, **extra):
+    """Run `play` against localhost with every path of the uwsgi_app role under tmp_path."""
+    weights = tmp_path / "w.pth"
+    weights.write_bytes(b"weights")
+    (tmp_path / "play.yml").write_text(play)
+    (tmp_path / "hosts.yml").write_text(RENDER_INVENTORY)
+    paths = {
+        "uwsgi_app_home": str(tmp_path / "home"),
+        "uwsgi_app_group": "root",
+        "uwsgi_app_weights_src": str(weights),
+        "uwsgi_app_weights_sha256": "0" * 64,
+        "__uwsgi_app_unit_file": str(tmp_path / "segserve.service"),
+        "__uwsgi_app_restart_marker": str(tmp_path / "restart-pending"),
+    }
+    return run_playbook(tmp_path / "play.yml", tmp_path / "hosts.yml", {**paths, **extra})

@@ -6,7 +6,7 @@ tasks/configure.yml renders them on a host."""
 import os
 import re
 
-from preflight import run_playbook
+from preflight import run_uwsgi_app_render
 
 LAYOUT = """\
     - name: Plan the {name} layout
@@ -27,14 +27,6 @@ PLAY = """\
     - role: segserve
   tasks:
 {layouts}"""
-INVENTORY = """\
-all:
-  hosts:
-    localhost:
-      ansible_connection: local
-      ansible_python_interpreter: "{{ ansible_playbook_python }}"
-      uwsgi_app_listen_address: 10.0.0.5
-"""
 DEVICES = {"spread": "auto", "pinned": "cuda:3", "cpu": "cpu"}
 
 
@@ -46,27 +38,12 @@ def rendered(tmp_path, name):
 
 
 def test_an_8_gpu_host_gets_one_gpu_per_worker(tmp_path):
-    weights = tmp_path / "w.pth"
-    weights.write_bytes(b"weights")
     for name in DEVICES:
         (tmp_path / name).mkdir()
     layouts = "".join(
         LAYOUT.format(name=name, device=device, out=tmp_path) for name, device in DEVICES.items()
     )
-    (tmp_path / "play.yml").write_text(PLAY.format(layouts=layouts))
-    (tmp_path / "hosts.yml").write_text(INVENTORY)
-    run = run_playbook(
-        tmp_path / "play.yml",
-        tmp_path / "hosts.yml",
-        {
-            "uwsgi_app_home": str(tmp_path / "home"),
-            "uwsgi_app_group": "root",
-            "uwsgi_app_weights_src": str(weights),
-            "uwsgi_app_weights_sha256": "0" * 64,
-            "__uwsgi_app_unit_file": str(tmp_path / "segserve.service"),
-            "__uwsgi_app_restart_marker": str(tmp_path / "restart-pending"),
-        },
-    )
+    run = run_uwsgi_app_render(tmp_path, PLAY.format(layouts=layouts))
     assert run.returncode == 0, run.stdout[-3000:]
     # auto on a GPU host: 8 GPUs x 2 workers, each worker its own GPU by its slot.
     settings, processes = rendered(tmp_path, "spread")

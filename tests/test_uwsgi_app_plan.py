@@ -5,7 +5,7 @@ localhost runs no segserve service, so the plan never restarts anything here."""
 
 import json
 
-from preflight import run_playbook
+from preflight import run_uwsgi_app_render
 
 PLAY = """\
 - name: Plan, configure, plan again
@@ -34,35 +34,13 @@ PLAY = """\
       ansible.builtin.copy:
         {{content: "{{{{ uwsgi_app_plan | to_json }}}}", dest: "{out}/3.json", mode: "0644"}}
 """
-INVENTORY = """\
-all:
-  hosts:
-    localhost:
-      ansible_connection: local
-      ansible_python_interpreter: "{{ ansible_playbook_python }}"
-      uwsgi_app_listen_address: 10.0.0.5
-"""
 RENDERED = {"a new environment", "a new uWSGI config", "a new systemd unit"}
 
 
 def test_the_plan_foresees_exactly_what_configure_renders(tmp_path):
-    weights = tmp_path / "w.pth"
-    weights.write_bytes(b"weights")
     (tmp_path / "etc").mkdir()
-    (tmp_path / "play.yml").write_text(PLAY.format(out=tmp_path))
-    (tmp_path / "hosts.yml").write_text(INVENTORY)
-    run = run_playbook(
-        tmp_path / "play.yml",
-        tmp_path / "hosts.yml",
-        {
-            "uwsgi_app_home": str(tmp_path / "home"),
-            "uwsgi_app_config_dir": str(tmp_path / "etc"),
-            "uwsgi_app_group": "root",
-            "uwsgi_app_weights_src": str(weights),
-            "uwsgi_app_weights_sha256": "0" * 64,
-            "__uwsgi_app_unit_file": str(tmp_path / "segserve.service"),
-            "__uwsgi_app_restart_marker": str(tmp_path / "restart-pending"),
-        },
+    run = run_uwsgi_app_render(
+        tmp_path, PLAY.format(out=tmp_path), uwsgi_app_config_dir=str(tmp_path / "etc")
     )
     assert run.returncode == 0, run.stdout[-3000:]
     first, second, third = (json.loads((tmp_path / f"{n}.json").read_text()) for n in (1, 2, 3))

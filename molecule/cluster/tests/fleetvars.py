@@ -5,22 +5,22 @@ inventory this scenario builds (molecule.yml). Every test module of the scenario
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
-import jinja2
-import jinja2.meta
-import jinja2.nativetypes
 import yaml
 
 PROJECT = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"])
 SCENARIO = Path(__file__).resolve().parent.parent
+# The project's one resolver of role variables (tools/rolevars.py).
+sys.path.insert(0, str(PROJECT / "tools"))
+from rolevars import RoleVars  # noqa: E402
 
 _MOLECULE = yaml.safe_load((SCENARIO / "molecule.yml").read_text())
 # Each platform's groups, and the inventory's group_vars and host_vars: linked directories
 # (relative to the scenario directory, as Molecule resolves them) or written in molecule.yml.
 _GROUPS = {p["name"]: p.get("groups", []) for p in _MOLECULE["platforms"]}
 _INVENTORY = _MOLECULE["provisioner"].get("inventory", {})
-_TEMPLATES = jinja2.nativetypes.NativeEnvironment(undefined=jinja2.StrictUndefined)
 
 
 def _yaml(path):
@@ -59,45 +59,20 @@ def _roles_vars(kind):
     return merged
 
 
-class HostVars:
+def host_vars(host):
     """A host's variables from the roles and the inventory, in Ansible's order of precedence
     (lowest first): the roles' defaults, the inventory's group_vars (all, then the host's
-    groups), its host_vars, the roles' vars. A value with Jinja is rendered from these same
-    variables with Jinja2's native types, as ansible-core renders it; one that needs more
-    (facts, lookups, magic variables, Ansible's own filters) raises instead of being guessed.
-    A play's own vars are not read: the fleet's plays set none of the values below."""
-
-    def __init__(self, host):
-        layers = [_roles_vars("defaults")]
-        layers += [_inventory_vars("group_vars", g) for g in ("all", *_GROUPS[host])]
-        layers += [_inventory_vars("host_vars", host), _roles_vars("vars")]
-        self.raw = {}
-        for layer in layers:
-            self.raw.update(layer)
-
-    def __getitem__(self, name):
-        return self._resolve(name, ())
-
-    def _resolve(self, name, seen):
-        if name in seen:
-            raise ValueError(f"{name} refers to itself: {' -> '.join((*seen, name))}")
-        return self._render(self.raw[name], (*seen, name))
-
-    def _render(self, value, seen):
-        if isinstance(value, list):
-            return [self._render(v, seen) for v in value]
-        if isinstance(value, dict):
-            return {k: self._render(v, seen) for k, v in value.items()}
-        if not isinstance(value, str) or ("{{" not in value and "{%" not in value):
-            return value
-        names = jinja2.meta.find_undeclared_variables(_TEMPLATES.parse(value))
-        known = {n: self._resolve(n, seen) for n in names if n in self.raw}
-        return _TEMPLATES.from_string(value).render(known)
+    groups), its host_vars, the roles' vars, rendered as tools/rolevars.py renders them. A
+    play's own vars are not read: the fleet's plays set none of the values below."""
+    layers = [_roles_vars("defaults")]
+    layers += [_inventory_vars("group_vars", g) for g in ("all", *_GROUPS[host])]
+    layers += [_inventory_vars("host_vars", host), _roles_vars("vars")]
+    return RoleVars.from_layers(layers)
 
 
 # app2 takes its vars from the same files as app1 (the scenario has no host_vars for either).
-APP_VARS = HostVars("app1")
-LB_VARS = HostVars("lb1")
+APP_VARS = host_vars("app1")
+LB_VARS = host_vars("lb1")
 
 # The service's name: its systemd unit, its nftables table, its config and runtime dirs.
 UNIT = APP_VARS["uwsgi_app_name"]
