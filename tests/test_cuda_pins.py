@@ -60,23 +60,30 @@ def test_every_driver_package_is_pinned_and_kept_from_unattended_upgrades():
     assert (unpinned, unlisted) == ([], [])
 
 
-def test_an_installed_driver_package_the_pin_misses_is_refused(tmp_path):
-    # bash stands in for a driver package (dpkg's real database, nothing held): its upstream
-    # version plays the driver's, and no pattern covers its name.
+def hold(tmp_path, **extra):
+    """tasks/hold.yml against this machine's real dpkg database, nothing held: bash stands in
+    for a driver package, its upstream version for the driver's."""
     version = subprocess.run(
         ["dpkg-query", "-W", "-f=${Version}", "bash"], capture_output=True, text=True, check=True
     ).stdout
     upstream = version.split("-")[0]
-    run = run_tasks(
-        tmp_path,
-        "cuda",
-        "hold.yml",
-        {
-            "cuda_install_packages": True,
-            "cuda_hold_packages": False,
-            "__cuda_module_installed_version": upstream,
-        },
-    )
+    inputs = {
+        "cuda_install_packages": True,
+        "cuda_hold_packages": False,
+        "__cuda_module_installed_version": upstream,
+    }
+    return upstream, run_tasks(tmp_path, "cuda", "hold.yml", {**inputs, **extra})
+
+
+def test_a_driver_package_a_pin_pattern_covers_passes(tmp_path):
+    # The role's glob-to-regex conversion, as Ansible renders it: "ba*" must cover bash.
+    pins = RoleVars("cuda")["__cuda_pin_packages"] + " ba*"
+    _, run = hold(tmp_path, __cuda_pin_packages=pins)
+    assert run.returncode == 0, run.stdout[-3000:]
+
+
+def test_an_installed_driver_package_the_pin_misses_is_refused(tmp_path):
+    upstream, run = hold(tmp_path)
     assert run.returncode != 0, run.stdout[-3000:]
     assert f"bash (driver {upstream}) match" in run.stdout, run.stdout[-3000:]
     assert "none of the pin's patterns" in run.stdout, run.stdout[-3000:]

@@ -59,8 +59,9 @@ def test_auto_is_the_cpu_where_the_driver_lists_no_gpu(tmp_path):
     assert env == {}
 
 
-def test_an_empty_visible_list_means_the_cpu_for_auto(tmp_path):
-    env = {"CUDA_VISIBLE_DEVICES": ""}
+@pytest.mark.parametrize("hidden", ["", "-1", "NoDevFiles"])
+def test_a_visible_list_naming_no_gpu_means_the_cpu_for_auto(tmp_path, hidden):
+    env = {"CUDA_VISIBLE_DEVICES": hidden}
     assert gpus.place("auto", 8, environ=env, driver_gpus=driver_dir(tmp_path, 8)).label == "cpu"
 
 

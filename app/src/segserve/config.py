@@ -135,8 +135,8 @@ DEVICE = Setting(
     "DEVICE", "text", "auto", pattern=r"auto|cpu|cuda|cuda:\d+",
     expect="`auto`, `cpu`, `cuda` or `cuda:N`",
     help="where the model runs: `cuda` gives each worker one of the host's GPUs in turn, "
-    "`cuda:N` puts every worker on GPU N, `auto` is `cuda` on a host whose NVIDIA driver "
-    "lists GPUs, else the CPU",
+    "`cuda:N` puts every worker on GPU N, `auto` is `cuda` on a GPU host (GPU_COUNT above 0, "
+    "or GPUs the NVIDIA driver lists), else the CPU",
 )  # fmt: skip
 GPU_COUNT = Setting(
     "GPU_COUNT", "int", 0, low=0,

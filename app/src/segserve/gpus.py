@@ -18,6 +18,7 @@ already say.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,7 +66,14 @@ def host_gpus(
     role's fact), else as many as the driver lists."""
     listed = environ.get(VISIBLE)
     if listed is not None:
-        return [gpu.strip() for gpu in listed.split(",") if gpu.strip()]
+        # CUDA reads the list up to its first entry that names no GPU ("-1", "NoDevFiles":
+        # common ways to hide them all).
+        gpus = []
+        for entry in (gpu.strip() for gpu in listed.split(",")):
+            if not re.fullmatch(r"\d+|(GPU|MIG)-[0-9A-Za-z/-]+", entry):
+                break
+            gpus.append(entry)
+        return gpus
     count = gpu_count or driver_gpu_count(driver_gpus)
     return [str(index) for index in range(count)]
 
@@ -90,9 +98,9 @@ def place(
     env = os.environ if environ is None else environ
     if device == "cpu":
         return Placement("cpu", "cpu")
-    # An empty CUDA_VISIBLE_DEVICES hides every GPU: `auto` then means the CPU.
+    # A CUDA_VISIBLE_DEVICES naming no GPU ("", "-1") hides them all: `auto` means the CPU.
     on_gpu_host = (
-        bool(env.get(VISIBLE))
+        bool(host_gpus(gpu_count, env, driver_gpus))
         if VISIBLE in env
         else (gpu_count > 0 or driver_gpu_count(driver_gpus) > 0)
     )

@@ -8,6 +8,7 @@ on a problem prints what is wrong and exits 1.
 """
 
 import json
+import re
 import sys
 
 
@@ -30,7 +31,8 @@ def main(expected: int) -> None:
     if found != expected:
         fail(f"torch sees {found} of this host's {expected} GPUs (cuda_gpu_count)")
     archs = [a for a in torch.cuda.get_arch_list() if a.startswith("sm_")]
-    lowest = min(int(a[3:]) for a in archs)
+    # "sm_90a" names an architecture-specific variant of sm_90.
+    lowest = min(int(re.match(r"sm_(\d+)", a).group(1)) for a in archs)
     gpus = []
     for index in range(found):
         major, minor = torch.cuda.get_device_capability(index)
