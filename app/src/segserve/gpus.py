@@ -98,15 +98,10 @@ def place(
     env = os.environ if environ is None else environ
     if device == "cpu":
         return Placement("cpu", "cpu")
-    # A CUDA_VISIBLE_DEVICES naming no GPU ("", "-1") hides them all: `auto` means the CPU.
-    on_gpu_host = (
-        bool(host_gpus(gpu_count, env, driver_gpus))
-        if VISIBLE in env
-        else (gpu_count > 0 or driver_gpu_count(driver_gpus) > 0)
-    )
-    if device == "auto" and not on_gpu_host:
-        return Placement("cpu", "cpu")
     gpus = host_gpus(gpu_count, env, driver_gpus)
+    # No GPU here, or a CUDA_VISIBLE_DEVICES naming none ("", "-1"): `auto` means the CPU.
+    if device == "auto" and not gpus:
+        return Placement("cpu", "cpu")
     if not gpus:
         raise StartupError(
             f"{DEVICE.env}={device} but this host has no GPU: the NVIDIA driver lists none "
