@@ -11,7 +11,10 @@ the other, rotating the order each round, and reports medians:
 - `torch (argmax)`: eager PyTorch with torch's argmax over classes, the service before the
   backends work;
 - `torch`: the torch backend as it is now (eager, class ids by a running maximum);
-- `onnxruntime`: the converted artifact (float32, graph optimisations 'all', argmax in graph).
+- `onnxruntime`: the converted artifact (float32, graph optimisations 'all', argmax in graph);
+- `openvino fp32`, `openvino bf16`: the same artifact run by OpenVINO (bf16 only where the
+  CPU computes it natively), each first put through the agreement gate (segserve.gate)
+  against eager float32 on the gate's 12 photos.
 
 "inference" is the backend alone (batch in, class ids out); "total" is decode -> preprocess ->
 inference -> postprocess -> PNG encode, what a request costs inside the app. Then images/s
@@ -39,7 +42,13 @@ sys.path.insert(0, str(HERE))
 
 from inprocess import cpu_model  # noqa: E402
 
-VARIANTS = ("torch (argmax)", "torch", "onnxruntime")
+BASE_VARIANTS = ("torch (argmax)", "torch", "onnxruntime")
+
+
+def variants() -> tuple[str, ...]:
+    from segserve.openvino_backend import host_precisions
+
+    return BASE_VARIANTS + tuple(f"openvino {p}" for p in host_precisions())
 
 
 def make_handler(variant: str, weights: str, onnx_path: str, input_size: int):
@@ -58,6 +67,8 @@ def make_handler(variant: str, weights: str, onnx_path: str, input_size: int):
     }
     if variant == "onnxruntime":
         values.update(BACKEND="onnxruntime", ONNX_PATH=onnx_path)
+    if variant.startswith("openvino"):
+        values.update(BACKEND="openvino", PRECISION=variant.split()[1], ONNX_PATH=onnx_path)
     handler = SegmentationHandler(Settings.from_mapping(values))
     handler.initialize()
     if variant == "torch (argmax)":
@@ -71,6 +82,49 @@ def make_handler(variant: str, weights: str, onnx_path: str, input_size: int):
         handler.backend = backend
         handler.warm_up()
     return handler
+
+
+def openvino_gate(weights: str, onnx_path: str, variant: str, input_size: int):
+    """The agreement gate for one OpenVINO precision, against eager float32."""
+    import torch
+
+    from segserve import gate
+    from segserve import weights as weights_mod
+    from segserve.backends import read_onnx_metadata
+    from segserve.models import build_model
+    from segserve.openvino_backend import compile_artifact
+
+    source = weights_mod.load(weights)
+    model = build_model(source.arch, source.num_classes)
+    model.load_state_dict(source.state_dict)
+    model.eval()
+    precision = variant.split()[1]
+    _, compiled = compile_artifact(onnx_path, precision, 1)
+    request = compiled.create_infer_request()
+
+    def eager(batch):
+        with torch.inference_mode():
+            return model(torch.from_numpy(batch))["out"].numpy()
+
+    def candidate(batch):
+        out = request.infer({"input": batch})
+        return out[compiled.output("class_ids")], out[compiled.output("logits")]
+
+    depth = int(read_onnx_metadata(onnx_path)["rounding_depth"])
+    return gate.evaluate(eager, candidate, precision=precision, depth=depth, input_size=input_size)
+
+
+def cpu_flags() -> str:
+    """The flags of /proc/cpuinfo that bfloat16 and int8 kernels use, or 'none of them'."""
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "amx_tile")
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next(
+                (line.split(":", 1)[1].split() for line in f if line.startswith("flags")), []
+            )
+    except OSError:
+        return "unknown"
+    return ", ".join(f for f in wanted if f in flags) or "none of them"
 
 
 def test_images(input_size: int) -> dict[str, bytes]:
@@ -123,8 +177,10 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=2, help="throughput runs per backend")
     parser.add_argument("--out", default=str(HERE / "results" / "backends.md"))
     args = parser.parse_args()
+    names = variants()
 
     import onnxruntime
+    import openvino
     import torch
 
     from segserve import convert
@@ -143,12 +199,17 @@ def main() -> int:
         )
         convert_s = time.perf_counter() - started
         print(figures.table(), flush=True)
+        gates = {"onnxruntime": figures}
+        for variant in names:
+            if variant.startswith("openvino"):
+                gates[variant] = openvino_gate(weights, onnx_path, variant, args.input_size)
+                print(variant, gates[variant].table(), sep="\n", flush=True)
 
         images = test_images(args.input_size)
-        handlers = {v: make_handler(v, weights, onnx_path, args.input_size) for v in VARIANTS}
-        times = {(v, i): ([], []) for v in VARIANTS for i in images}
+        handlers = {v: make_handler(v, weights, onnx_path, args.input_size) for v in names}
+        times = {(v, i): ([], []) for v in names for i in images}
         for round_ in range(args.n):
-            order = VARIANTS[round_ % len(VARIANTS) :] + VARIANTS[: round_ % len(VARIANTS)]
+            order = names[round_ % len(names) :] + names[: round_ % len(names)]
             for image, data in images.items():
                 for variant in order:
                     inference, total = one_request(handlers[variant], data)
@@ -157,9 +218,9 @@ def main() -> int:
         del handlers
 
         first = next(iter(images.values()))
-        rates: dict[str, list[float]] = {v: [] for v in VARIANTS}
+        rates: dict[str, list[float]] = {v: [] for v in names}
         for _ in range(args.repeats):
-            for variant in VARIANTS:
+            for variant in names:
                 rate = throughput(
                     variant, weights, onnx_path, args.input_size, first, args.n, args.procs
                 )
@@ -177,56 +238,61 @@ def main() -> int:
         f"- Command: `{command.strip()}` ({time.strftime('%Y-%m-%d %H:%M %Z')})",
         f"- Machine: {cpu_model()}, {os.cpu_count()} cores, SHARED with other jobs (containers "
         f"of Molecule runs come and go): load average {load_before[0]:.2f} before, "
-        f"{load_after[0]:.2f} after. Requests of the three backends are interleaved (order "
+        f"{load_after[0]:.2f} after. Requests of the backends are interleaved (order "
         "rotated each round) and the figures are medians, so a busy spell hits all alike.",
+        f"- CPU features that decide the precisions: {cpu_flags()}",
         f"- Python {platform.python_version()}, torch {torch.__version__}, onnxruntime "
-        f"{onnxruntime.__version__}; 1 thread per process (torch and ONNX Runtime intra-op 1, "
-        "inter-op 1, no spinning)",
+        f"{onnxruntime.__version__}, openvino {openvino.__version__}; 1 thread per process "
+        "(torch and ONNX Runtime intra-op 1, inter-op 1, no spinning; OpenVINO 1 inference "
+        "thread, 1 stream, no pinning)",
         f"- Model: lraspp_mobilenet_v3_large, `segserve-weights init --varied-masks` (untrained "
         f"test device; same cost as trained weights), input short side {args.input_size}, "
         f"median of {args.n} requests per backend and image",
         "",
         "## Per-image cost (ms, median)",
         "",
-        "| Image | Backend | inference | total (decode to PNG) | inference speed-up vs torch "
-        "(argmax) | vs torch | total speed-up vs torch (argmax) | vs torch |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| Image | Backend | inference | total (decode to PNG) | inference vs onnxruntime "
+        "| total vs onnxruntime | inference vs torch |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
     for image in images:
-        base_i = {v: ms(times[v, image][0]) for v in VARIANTS}
-        base_t = {v: ms(times[v, image][1]) for v in VARIANTS}
-        old_i, old_t = base_i["torch (argmax)"], base_t["torch (argmax)"]
-        for v in VARIANTS:
+        base_i = {v: ms(times[v, image][0]) for v in names}
+        base_t = {v: ms(times[v, image][1]) for v in names}
+        ort_i, ort_t = base_i["onnxruntime"], base_t["onnxruntime"]
+        for v in names:
             lines.append(
                 f"| {image} | {v} | {base_i[v]:.1f} | {base_t[v]:.1f} "
-                f"| {old_i / base_i[v]:.2f}x | {base_i['torch'] / base_i[v]:.2f}x "
-                f"| {old_t / base_t[v]:.2f}x | {base_t['torch'] / base_t[v]:.2f}x |"
+                f"| {ort_i / base_i[v]:.2f}x | {ort_t / base_t[v]:.2f}x "
+                f"| {base_i['torch'] / base_i[v]:.2f}x |"
             )
     lines += [
         "",
         f"## Throughput, {args.procs} processes x 1 thread ({next(iter(images))}, "
         f"decode to PNG; {args.repeats} interleaved runs of {args.n} images per process)",
         "",
-        "| Backend | images/s (each run) | median |",
-        "|---|---|---:|",
+        "| Backend | images/s (each run) | median | vs onnxruntime |",
+        "|---|---|---:|---:|",
         *(
             f"| {v} | {', '.join(f'{r:.2f}' for r in rates[v])} "
-            f"| {statistics.median(rates[v]):.2f} |"
-            for v in VARIANTS
+            f"| {statistics.median(rates[v]):.2f} "
+            f"| {statistics.median(rates[v]) / statistics.median(rates['onnxruntime']):.2f}x |"
+            for v in names
         ),
         "",
-        f"## Equivalence check of the conversion (input size {args.input_size}; "
-        f"{convert_s:.0f} s for export + check)",
+        f"## Agreement gate of each candidate (input size {args.input_size}; the conversion's "
+        f"export + check took {convert_s:.0f} s)",
         "",
-        "Agreement = share of pixels whose class equals eager PyTorch float32's; close calls = "
-        "pixels whose eager top-2 logit margin is below twice the largest logit difference "
-        "(the only pixels a numerical difference could flip); classes = classes in the eager "
+        "Every candidate against eager PyTorch float32 on the same 12 photos (segserve.gate, "
+        "app/README.md). flips = pixels whose class differs; undecided = pixels whose eager "
+        "top-2 margin is within the precision's rounding bound; decided flips must be 0, and "
+        "no image may have more than 1% of its pixels flipped; classes = classes in the eager "
         "mask (a plain untrained init has 1, which would make agreement trivial).",
         "",
-        "```",
-        figures.table(),
-        "```",
-        "",
+        *(
+            line
+            for name, result in gates.items()
+            for line in (f"{name}:", "", "```", result.table(), "```", "")
+        ),
     ]
     return write_report(args.out, lines)
 

@@ -67,6 +67,28 @@ def small_app(settings):
     return small
 
 
+@pytest.fixture(scope="session")
+def varied_weights(tmp_path_factory):
+    """The test device whose masks hold many classes (an untrained model's are uniform)."""
+    path = tmp_path_factory.mktemp("varied") / "varied.pth"
+    weights_mod.save(
+        weights_mod.init_payload("lraspp_mobilenet_v3_large", 0, varied_masks=True), path
+    )
+    return path
+
+
+@pytest.fixture(scope="session")
+def converted(varied_weights):
+    """The test device converted: (path, sha256, gate result, metadata)."""
+    from segserve import convert
+
+    out = varied_weights.with_suffix(".onnx")
+    sha, figures, meta = convert.export_onnx(
+        weights_mod.load(varied_weights), out, input_size=INPUT_SIZE
+    )
+    return out, sha, figures, meta
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

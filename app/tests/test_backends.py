@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from segserve import convert, create_app, weights_cli
+from segserve import create_app, gate, weights_cli
 from segserve import weights as w
 from segserve.backends import class_ids, read_onnx_metadata
 from segserve.config import Settings
@@ -26,21 +26,6 @@ from photos import encode, photo
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
-
-
-@pytest.fixture(scope="module")
-def varied_weights(tmp_path_factory):
-    """The test device whose masks hold many classes (an untrained model's are uniform)."""
-    path = tmp_path_factory.mktemp("varied") / "varied.pth"
-    w.save(w.init_payload("lraspp_mobilenet_v3_large", 0, varied_masks=True), path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def converted(varied_weights):
-    out = varied_weights.with_suffix(".onnx")
-    sha, figures, meta = convert.export_onnx(w.load(varied_weights), out, input_size=INPUT_SIZE)
-    return out, sha, figures, meta
 
 
 @pytest.fixture(scope="module")
@@ -116,6 +101,7 @@ def test_conversion_records_its_provenance(converted, varied_weights):
     assert recorded["arch"] == "lraspp_mobilenet_v3_large"
     assert recorded["checked_input_size"] == str(INPUT_SIZE)
     assert recorded["agreement_forced"] == "false"
+    assert recorded["gate"] == gate.GATE_VERSION
     images = json.loads(recorded["equivalence_images"])
     assert len(images) >= 8
     assert {i["name"] for i in images} >= {"astronaut.jpg", "chelsea.jpg", "coffee.jpg"}
@@ -123,47 +109,31 @@ def test_conversion_records_its_provenance(converted, varied_weights):
 
 def test_conversion_agrees_with_eager(converted):
     figures = converted[2]
-    assert figures.pixel_agreement >= 0.995
-    assert figures.min_image_agreement >= 0.995
+    assert figures.passes, figures.table()
+    assert figures.decided_flips == 0
+    assert figures.min_image_agreement >= 0.9999
     assert figures.max_abs_logit_diff < 1e-3
     assert min(i.classes for i in figures.images) >= 5
-
-
-def test_equivalence_check_detects_a_different_model():
-    """A candidate whose logits differ (two classes swapped) must fail the check."""
-
-    def reference(batch):
-        torch.manual_seed(0)
-        logits = torch.randn(1, 21, batch.shape[2], batch.shape[3]) * 3
-        return logits.numpy()
-
-    def swapped(batch):
-        logits = reference(batch)
-        top = logits.argmax(axis=1)
-        logits[:, [3, 4]] = logits[:, [4, 3]]
-        assert ((top == 3) | (top == 4)).any()
-        return logits
-
-    images = convert.equivalence_images()[:2]
-    same = convert.check_equivalence(reference, reference, 32, images)
-    assert same.pixel_agreement == 1.0 and same.max_abs_logit_diff == 0.0
-    different = convert.check_equivalence(reference, swapped, 32, images)
-    assert different.pixel_agreement < 0.95
-    assert not different.passes(0.995)
+    # The gate's depth is the graph's: recorded, so that a host applies the same bound.
+    assert figures.depth == int(converted[3]["rounding_depth"]) == 66
 
 
 def _failing(*args, **kwargs):
-    return convert.Equivalence([convert.ImageAgreement("x.jpg", "96x96", 9216, 0.9, 0.5, 100, 7)])
+    """A gate result with decided pixels changed: what a wrong graph gives."""
+    image = gate.ImageGate("x.jpg", "96x96", 9216, 900, 100, 800, 0.01, 0.5, 7)
+    return gate.GateResult("fp32", 66, 0.01, [image])
 
 
-def test_cli_refuses_to_write_below_the_threshold(varied_weights, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(convert, "check_equivalence", _failing)
+def test_cli_refuses_to_write_when_the_gate_fails(varied_weights, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(gate, "evaluate", _failing)
     out = tmp_path / "low.onnx"
     code = weights_cli.main(["export-onnx", "--input-size", "64", str(varied_weights), str(out)])
     assert code == 1
     captured = capsys.readouterr()
     assert captured.out == ""
-    assert "agrees with eager PyTorch on 90.0000% of pixels" in captured.err
+    assert "fails the agreement gate" in captured.err
+    assert "800 decided pixels changed class" in captured.err
+    assert "1 images have more than 1.00% of their pixels changed" in captured.err
     assert len(captured.err.strip().splitlines()) == 1
     assert not out.exists()
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".segserve-onnx-")]
@@ -172,12 +142,14 @@ def test_cli_refuses_to_write_below_the_threshold(varied_weights, tmp_path, monk
 def test_forced_artifact_is_recorded_and_warned(
     varied_weights, tmp_path, monkeypatch, capsys, caplog
 ):
-    monkeypatch.setattr(convert, "check_equivalence", _failing)
+    monkeypatch.setattr(gate, "evaluate", _failing)
     out = tmp_path / "forced.onnx"
     args = ["export-onnx", "--force", "--input-size", "64", str(varied_weights), str(out)]
     assert weights_cli.main(args) == 0
-    assert "FORCED below the threshold" in capsys.readouterr().err
-    assert read_onnx_metadata(out)["agreement_forced"] == "true"
+    assert "FORCED past the gate: 800 decided pixels" in capsys.readouterr().err
+    meta = read_onnx_metadata(out)
+    assert meta["agreement_forced"] == "true"
+    assert meta["decided_flips"] == "800"
     monkeypatch.undo()
     settings = {
         "WEIGHTS_PATH": str(varied_weights),
@@ -188,7 +160,7 @@ def test_forced_artifact_is_recorded_and_warned(
     }
     with caplog.at_level(logging.WARNING, logger="segserve"):
         app = create_app(settings)
-    assert "written with --force below its agreement threshold" in caplog.text
+    assert "written with --force past its agreement gate" in caplog.text
     equivalence = app.extensions["segserve"].backend.describe()["equivalence"]
     assert equivalence["forced"] is True
 

@@ -7,6 +7,11 @@ network. The registry is what SEGSERVE_BACKEND selects from:
 - `onnxruntime`: the same network converted ahead of time by `segserve-weights export-onnx`
   and run by ONNX Runtime on the CPU. onnxruntime is imported only when this backend is
   chosen, so a torch-only install keeps working.
+- `openvino`: the same artifact run by OpenVINO on the CPU, at float32 or, where the CPU has
+  it, bfloat16 (SEGSERVE_PRECISION; see segserve.openvino_backend).
+
+The artifact backends share `open_artifact`: the file's sha256 before it is parsed, then its
+provenance (format, the weights it was converted from, the architecture).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from segserve import config
@@ -83,7 +89,7 @@ class TorchBackend:
             return class_ids(logits).cpu()
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "precision": "float32"}
+        return {"name": self.name, "precision": "fp32"}
 
 
 def class_ids(logits: torch.Tensor) -> torch.Tensor:
@@ -135,6 +141,64 @@ def read_onnx_metadata(session_or_path) -> dict[str, str]:
     return {k.removeprefix("segserve."): v for k, v in props.items() if k.startswith("segserve.")}
 
 
+def open_artifact(weights: WeightsFile, settings: Settings, load):
+    """Check and load the converted artifact for an artifact backend: `load(path)` parses it
+    and returns (runtime object, its segserve.* metadata). Returns (path, sha256, runtime
+    object, metadata). The sha256 is checked before the file is parsed, as for the weights;
+    the metadata must say it was converted from these very weights."""
+    from segserve.weights import WeightsError, file_sha256
+
+    path = settings.onnx_path
+    if path is None or not os.path.isfile(path):
+        raise WeightsError(f"onnx artifact not found: {path}")
+    sha = file_sha256(path)
+    if settings.onnx_sha256 is not None and sha != settings.onnx_sha256:
+        raise WeightsError(
+            f"onnx sha256 mismatch: file {path} has {sha}, expected {settings.onnx_sha256}"
+        )
+    try:
+        runtime, meta = load(path)
+    except Exception as exc:
+        text = str(exc).strip().splitlines()
+        raise WeightsError(
+            f"cannot load onnx artifact {path}: {text[0] if text else type(exc).__name__}"
+        ) from None
+    if meta.get("format") != ONNX_FORMAT:
+        raise WeightsError(
+            f"{path} is not a segserve onnx artifact (format {meta.get('format')!r}, "
+            f"expected {ONNX_FORMAT!r}); make one with `segserve-weights export-onnx`"
+        )
+    source = meta.get("source_weights_sha256")
+    if source != weights.sha256:
+        raise WeightsError(
+            f"onnx artifact mismatch: {path} was converted from weights sha256 {source}, "
+            f"but {weights.path} has {weights.sha256}; convert again with "
+            f"`segserve-weights export-onnx {weights.path} {path}`"
+        )
+    if meta.get("arch") != weights.arch:
+        raise WeightsError(
+            f"onnx artifact mismatch: {path} holds {meta.get('arch')}, "
+            f"{weights.path} holds {weights.arch}"
+        )
+    if meta.get("agreement_forced") == "true":
+        log.warning(
+            "onnx artifact %s was written with --force past its agreement gate "
+            "(pixel agreement %s, threshold %s): its masks may differ from eager PyTorch",
+            path,
+            meta.get("pixel_agreement"),
+            meta.get("agreement_threshold"),
+        )
+    if settings.input_size != int(meta.get("checked_input_size", 0) or 0):
+        log.warning(
+            "onnx artifact %s was checked at input size %s; %s is %d",
+            path,
+            meta.get("checked_input_size"),
+            config.INPUT_SIZE.env,
+            settings.input_size,
+        )
+    return path, sha, runtime, meta
+
+
 class OnnxRuntimeBackend:
     """The network converted by `segserve-weights export-onnx`, run by ONNX Runtime (CPU).
 
@@ -146,14 +210,9 @@ class OnnxRuntimeBackend:
     name = "onnxruntime"
 
     def __init__(self, weights: WeightsFile, device: str, settings: Settings):
-        from segserve.weights import WeightsError, file_sha256
-
         if device != "cpu":
             raise StartupError(f"the onnxruntime backend runs on the CPU, not {device}")
         self.device = device
-        path = settings.onnx_path
-        if path is None or not os.path.isfile(path):
-            raise WeightsError(f"onnx artifact not found: {path}")
         try:
             import onnxruntime
         except ImportError:
@@ -161,58 +220,14 @@ class OnnxRuntimeBackend:
                 f"{config.BACKEND.env}=onnxruntime but onnxruntime is not installed "
                 "(pip install 'segserve[onnx]')"
             ) from None
-        sha = file_sha256(path)
-        # As for the weights: the hash is checked before the file is parsed.
-        if settings.onnx_sha256 is not None and sha != settings.onnx_sha256:
-            raise WeightsError(
-                f"onnx sha256 mismatch: file {path} has {sha}, expected {settings.onnx_sha256}"
-            )
-        try:
-            self.session = ort_session(path, settings.torch_threads)
-        except Exception as exc:
-            text = str(exc).strip().splitlines()
-            raise WeightsError(
-                f"cannot load onnx artifact {path}: {text[0] if text else type(exc).__name__}"
-            ) from None
-        meta = read_onnx_metadata(self.session)
-        if meta.get("format") != ONNX_FORMAT:
-            raise WeightsError(
-                f"{path} is not a segserve onnx artifact (format {meta.get('format')!r}, "
-                f"expected {ONNX_FORMAT!r}); make one with `segserve-weights export-onnx`"
-            )
-        source = meta.get("source_weights_sha256")
-        if source != weights.sha256:
-            raise WeightsError(
-                f"onnx artifact mismatch: {path} was converted from weights sha256 {source}, "
-                f"but {weights.path} has {weights.sha256}; convert again with "
-                f"`segserve-weights export-onnx {weights.path} {path}`"
-            )
-        if meta.get("arch") != weights.arch:
-            raise WeightsError(
-                f"onnx artifact mismatch: {path} holds {meta.get('arch')}, "
-                f"{weights.path} holds {weights.arch}"
-            )
-        self.path = path
-        self.sha256 = sha
-        self.meta = meta
+
+        def load(path: str):
+            session = ort_session(path, settings.torch_threads)
+            return session, read_onnx_metadata(session)
+
+        self.path, self.sha256, self.session, self.meta = open_artifact(weights, settings, load)
         self.ort_version = onnxruntime.__version__
         self.threads = settings.torch_threads
-        if meta.get("agreement_forced") == "true":
-            log.warning(
-                "onnx artifact %s was written with --force below its agreement threshold "
-                "(pixel agreement %s < %s): its masks may differ from eager PyTorch",
-                path,
-                meta.get("pixel_agreement"),
-                meta.get("agreement_threshold"),
-            )
-        if settings.input_size != int(meta.get("checked_input_size", 0) or 0):
-            log.warning(
-                "onnx artifact %s was checked at input size %s; %s is %d",
-                path,
-                meta.get("checked_input_size"),
-                config.INPUT_SIZE.env,
-                settings.input_size,
-            )
 
     def infer(self, batch: torch.Tensor) -> torch.Tensor:
         import numpy as np
@@ -231,7 +246,7 @@ class OnnxRuntimeBackend:
             "onnxruntime_version": self.ort_version,
             "onnx_path": self.path,
             "onnx_sha256": self.sha256,
-            "precision": meta.get("precision", "float32"),
+            "precision": "fp32",
             "intra_op_threads": self.threads,
             "inter_op_threads": 1,
             "graph_optimization_level": "all",
@@ -254,6 +269,9 @@ def equivalence_summary(meta: dict[str, str]) -> dict[str, Any]:
         images = []
     return {
         "reference": "eager PyTorch float32",
+        "gate": meta.get("gate"),
+        "rounding_depth": int(number("rounding_depth") or 0),
+        "decided_flips": int(number("decided_flips") or 0),
         "pixel_agreement": number("pixel_agreement"),
         "min_image_agreement": number("min_image_agreement"),
         "max_abs_logit_diff": number("max_abs_logit_diff"),
@@ -264,7 +282,20 @@ def equivalence_summary(meta: dict[str, str]) -> dict[str, Any]:
     }
 
 
-BACKENDS: dict[str, type] = {"torch": TorchBackend, "onnxruntime": OnnxRuntimeBackend}
+def _openvino(weights: WeightsFile, device: str, settings: Settings) -> Backend:
+    # Its own module: it is the only one that imports openvino, and only when chosen.
+    from segserve.openvino_backend import OpenVinoBackend
+
+    return OpenVinoBackend(weights, device, settings)
+
+
+BACKENDS: dict[str, Callable[..., Backend]] = {
+    "torch": TorchBackend,
+    "onnxruntime": OnnxRuntimeBackend,
+    "openvino": _openvino,
+}
+# The backends that run the converted artifact (SEGSERVE_ONNX_PATH), on the CPU only.
+ARTIFACT_BACKENDS = ("onnxruntime", "openvino")
 
 
 def create_backend(

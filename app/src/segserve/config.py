@@ -176,12 +176,18 @@ INPUT_SIZE = Setting(
 )  # fmt: skip
 BACKEND = Setting(
     "BACKEND", "choice", "torch", choices=_backends,
-    help="inference backend: eager PyTorch (CPU or CUDA) or ONNX Runtime (CPU; see Backends)",
+    help="inference backend: eager PyTorch (CPU or CUDA), ONNX Runtime or OpenVINO (CPU; "
+    "see Backends)",
+)  # fmt: skip
+PRECISION = Setting(
+    "PRECISION", "choice", "fp32", choices=("fp32", "bf16"),
+    help="the precision the backend computes at; `bf16` with `openvino` only, on a CPU that "
+    "has it, and only after it passed the agreement gate (see Backends)",
 )  # fmt: skip
 ONNX_PATH = Setting(
     "ONNX_PATH", "text", None, expect="a path",
     help="the artifact of `segserve-weights export-onnx WEIGHTS.pth OUT.onnx`; required "
-    "with `onnxruntime`",
+    "with `onnxruntime` and `openvino`",
 )  # fmt: skip
 ONNX_SHA256 = Setting(
     "ONNX_SHA256", "sha256", None,
@@ -195,7 +201,8 @@ METRICS_PORT = Setting(
 
 SETTINGS = (
     WEIGHTS_PATH, WEIGHTS_SHA256, ARCH, DEVICE, GPU_COUNT, TORCH_THREADS, MAX_IMAGE_BYTES,
-    MAX_PIXELS, MAX_JSON_BYTES, INPUT_SIZE, BACKEND, ONNX_PATH, ONNX_SHA256, METRICS_PORT,
+    MAX_PIXELS, MAX_JSON_BYTES, INPUT_SIZE, BACKEND, PRECISION, ONNX_PATH, ONNX_SHA256,
+    METRICS_PORT,
 )  # fmt: skip
 # Anything under SEGSERVE_ not declared is reported as unknown, which catches typos such as
 # SEGSERVE_WIEGHTS_PATH.
@@ -204,15 +211,23 @@ KNOWN = {setting.key: setting for setting in SETTINGS}
 
 def _check_together(settings: Any) -> None:
     """The rules that involve more than one setting."""
-    if settings.backend == "onnxruntime" and settings.onnx_path is None:
+    from segserve.backends import ARTIFACT_BACKENDS
+
+    backend = settings.backend
+    if backend in ARTIFACT_BACKENDS and settings.onnx_path is None:
         raise ConfigError(
-            f"{BACKEND.env}=onnxruntime needs {ONNX_PATH.env}: the artifact made by "
+            f"{BACKEND.env}={backend} needs {ONNX_PATH.env}: the artifact made by "
             "`segserve-weights export-onnx WEIGHTS.pth OUT.onnx`"
         )
-    if settings.backend == "onnxruntime" and settings.device.startswith("cuda"):
+    if backend in ARTIFACT_BACKENDS and settings.device.startswith("cuda"):
         raise ConfigError(
-            f"{BACKEND.env}=onnxruntime runs on the CPU; set {DEVICE.env}=cpu (or auto), "
+            f"{BACKEND.env}={backend} runs on the CPU; set {DEVICE.env}=cpu (or auto), "
             f"or use {BACKEND.env}=torch on GPU hosts"
+        )
+    if settings.precision != "fp32" and backend != "openvino":
+        raise ConfigError(
+            f"{PRECISION.env}={settings.precision} needs {BACKEND.env}=openvino; "
+            f"{backend} computes at fp32"
         )
 
 

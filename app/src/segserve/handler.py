@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from segserve import gpus
-from segserve.backends import create_backend
+from segserve.backends import ARTIFACT_BACKENDS, create_backend
 from segserve.images import DecodedImage, decode_image, resized_size
 from segserve.metrics import StageTimings
 
@@ -65,9 +65,10 @@ class SegmentationHandler:
         from segserve import weights as weights_mod
 
         s = self.settings
-        # ONNX Runtime runs on the CPU here: "auto" means the best this backend can use.
+        # The artifact backends run on the CPU here: "auto" means the best they can use.
         # The GPU is chosen before anything starts CUDA in this worker (see segserve.gpus).
-        self.placement = gpus.place("cpu" if s.backend == "onnxruntime" else s.device, s.gpu_count)
+        device = "cpu" if s.backend in ARTIFACT_BACKENDS else s.device
+        self.placement = gpus.place(device, s.gpu_count)
         gpus.check_visible(self.placement)
         self.device = self.placement.label
         self.weights = weights_mod.load(
@@ -137,6 +138,7 @@ class SegmentationHandler:
             "app_version": app_version(),
             "arch": w.arch,
             "backend": self.settings.backend,
+            "precision": self.settings.precision,
             "device": self.device,
             "input_size": self.settings.input_size,
             "classes": {str(i): name for i, name in enumerate(w.categories)},
@@ -158,7 +160,9 @@ class SegmentationHandler:
             "torchvision": torchvision.__version__,
             # Installed or not, whichever backend runs; "" when it is not installed.
             "onnxruntime": _distribution_version("onnxruntime") or "",
+            "openvino": _distribution_version("openvino") or "",
             "backend": self.settings.backend,
+            "precision": self.settings.precision,
             "device": self.device,
         }
 

@@ -81,7 +81,16 @@ MODEL_LOADS = Counter(
 BUILD_INFO = Gauge(
     "segserve_build_info",
     "Versions of what serves (always 1): app, libraries, backend, device.",
-    ["app_version", "torch", "torchvision", "onnxruntime", "backend", "device"],
+    [
+        "app_version",
+        "torch",
+        "torchvision",
+        "onnxruntime",
+        "openvino",
+        "backend",
+        "precision",
+        "device",
+    ],
     multiprocess_mode="max",
 )
 

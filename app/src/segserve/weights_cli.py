@@ -18,7 +18,11 @@ import json
 import sys
 
 from segserve.config import BACKEND, INPUT_SIZE
+from segserve.gate import DEFAULT_MAX_FLIP_SHARE, GATE_VERSION
 from segserve.models import ARCHS, DEFAULT_ARCH
+
+# The share of each image's pixels that must keep their class (segserve.gate).
+DEFAULT_THRESHOLD = 1.0 - DEFAULT_MAX_FLIP_SHARE
 
 PROG = "segserve-weights"
 
@@ -109,13 +113,13 @@ def _export_onnx(args: argparse.Namespace) -> int:
         f"wrote {args.out}: {source.arch} from {args.weights} (sha256 {source.sha256}), "
         f"pixel agreement with eager float32 {figures.pixel_agreement:.4%} over "
         f"{len(figures.images)} images at input size {args.input_size}"
-        + (f"; FORCED below the threshold {args.threshold:.2%}" if forced else ""),
+        + (f"; FORCED past the gate: {'; '.join(figures.failures())}" if forced else ""),
         file=sys.stderr,
     )
     if not source.pretrained:
         print(
-            "note: untrained weights: agreement on their masks says little; see the logit "
-            "difference and close calls above",
+            "note: untrained weights: agreement on their masks says little; see the decided "
+            "pixels and the logit difference above",
             file=sys.stderr,
         )
     print(sha)
@@ -148,6 +152,7 @@ def _onnx_is_current(args: argparse.Namespace) -> bool:
         and meta.get("source_weights_sha256") == weights_sha
         and meta.get("checked_input_size") == str(args.input_size)
         and meta.get("agreement_threshold") == str(args.threshold)
+        and meta.get("gate") == GATE_VERSION
         and meta.get("agreement_forced") == "false"
     )
     if current:
@@ -250,14 +255,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--threshold",
         type=_share,
-        default=0.995,
-        help="least share of pixels whose class agrees with eager float32, overall and on "
-        "every image (default 0.995)",
+        default=DEFAULT_THRESHOLD,
+        help="least share of each image's pixels whose class agrees with eager float32; "
+        "besides, every pixel whose margin is above float32's rounding bound must agree "
+        f"(see the agreement gate in the README; default {DEFAULT_THRESHOLD})",
     )
     p.add_argument(
         "--force",
         action="store_true",
-        help="write the artifact even below the threshold (recorded in it, warned at start)",
+        help="write the artifact even when it fails the gate (recorded in it, warned at start)",
     )
     p.add_argument(
         "--if-changed",
