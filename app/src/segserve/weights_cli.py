@@ -4,6 +4,8 @@
     segserve-weights export [--arch A] [--from-file F] OUT.pth   torchvision's pretrained weights
     segserve-weights export-onnx [--input-size N] [--threshold F] [--force] [--if-changed]
                                  IN.pth OUT.onnx      convert for SEGSERVE_BACKEND=onnxruntime
+    segserve-weights choose-backend --workers N --threads T [--input-size N] [--threshold F]
+                                 IN.pth IN.onnx OUT.json   time the backends on this host
     segserve-weights info   [--json] FILE             a weights file or an ONNX artifact
 
 init, export and export-onnx print only the written file's sha256 (64 hex digits) on stdout, so that
@@ -161,6 +163,33 @@ def _onnx_is_current(args: argparse.Namespace) -> bool:
     return current
 
 
+def _choose_backend(args: argparse.Namespace) -> int:
+    from segserve import choose
+
+    record, measured = choose.choose(
+        args.weights,
+        args.onnx,
+        args.out,
+        workers=args.workers,
+        threads=args.threads,
+        input_size=args.input_size,
+        threshold=args.threshold,
+        rounds=args.rounds,
+        images=args.images,
+        expected_sha256=args.sha256,
+    )
+    chosen = record["chosen"]
+    print(
+        f"{args.out} {'written' if measured else 'is up to date'}: chose "
+        f"{choose.summary_line(record)}, {chosen['median_images_per_s']} images/s with "
+        f"{args.workers} workers x {args.threads} threads, {chosen['vs_baseline']}x "
+        f"{record['baseline']}",
+        file=sys.stderr,
+    )
+    print(choose.summary_line(record))
+    return 0
+
+
 def _info(args: argparse.Namespace) -> int:
     from segserve import weights
 
@@ -281,6 +310,50 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("weights", metavar="IN.pth", help="a segserve weights file")
     p.add_argument("out", metavar="OUT.onnx", help="the artifact to write")
     p.set_defaults(func=_export_onnx)
+
+    p = sub.add_parser(
+        "choose-backend",
+        help="time every backend that passes the agreement gate on this host, with its worker "
+        "layout, and record the fastest (prints 'BACKEND PRECISION')",
+    )
+    p.add_argument(
+        "--workers",
+        type=_int_between(1, 1024),
+        required=True,
+        help="uWSGI workers the service runs",
+    )
+    p.add_argument(
+        "--threads", type=_int_between(1, 256), required=True, help="inference threads per worker"
+    )
+    p.add_argument(
+        "--input-size",
+        type=_int_between(INPUT_SIZE.low, INPUT_SIZE.high),
+        default=520,
+        help="short side, as the service runs (default 520)",
+    )
+    p.add_argument(
+        "--threshold",
+        type=_share,
+        default=DEFAULT_THRESHOLD,
+        help=f"the gate's least share of each image's pixels (default {DEFAULT_THRESHOLD})",
+    )
+    p.add_argument(
+        "--rounds",
+        type=_int_between(1, 100),
+        default=3,
+        help="timing rounds per candidate, interleaved (default 3)",
+    )
+    p.add_argument(
+        "--images",
+        type=_int_between(1, 1000),
+        default=8,
+        help="images per worker per round (default 8)",
+    )
+    p.add_argument("--sha256", help="expected sha256 of IN.pth")
+    p.add_argument("weights", metavar="IN.pth", help="the weights file the service loads")
+    p.add_argument("onnx", metavar="IN.onnx", help="its artifact (segserve-weights export-onnx)")
+    p.add_argument("out", metavar="OUT.json", help="the record; reused when still valid")
+    p.set_defaults(func=_choose_backend)
 
     p = sub.add_parser("info", help="print a weights file's or an onnx artifact's metadata")
     p.add_argument("--json", action="store_true", help="as JSON")
