@@ -156,12 +156,13 @@ def _log_started(handler: SegmentationHandler) -> None:
     # The backend's details (an ONNX artifact's path, sha256 and agreement) are for operators:
     # the log has them, the public /v1/model does not.
     log.info(
-        "ready: worker=%d arch=%s device=%s backend=%s input_size=%d threads=%d weights=%s "
-        "sha256=%s source=%s warm-up=%.0fms backend_details=%s",
+        "ready: worker=%d arch=%s device=%s backend=%s precision=%s input_size=%d threads=%d "
+        "weights=%s sha256=%s source=%s warm-up=%.0fms backend_details=%s",
         gpus.worker_id(),
         w.arch,
         handler.device,
         handler.settings.backend,
+        handler.settings.precision,
         handler.settings.input_size,
         handler.settings.torch_threads,
         w.path,

@@ -377,3 +377,43 @@ def choose(
     }
     write_record(out, record)
     return record, True
+
+
+def check_served(path: str, backend: str, precision: str, onnx_sha256: str | None):
+    """At a worker's start: the record must have chosen what this worker serves, for the
+    artifact it loads. Returns what GET /v1/model shows of it: the choice, when it was
+    measured, and each candidate's gate verdict and speed against the baseline (ratios only:
+    absolute rates are a host's capacity, for its operators, in the record and the role's fact)."""
+    from segserve import config
+
+    record = read_record(path)
+    if record is None:
+        raise ChoiceError(
+            f"{config.BACKEND_CHOICE.env}={path} is not a backend choice record (made by "
+            "`segserve-weights choose-backend`)"
+        )
+    label = summary_line(record)
+    if label != f"{backend} {precision}":
+        raise ChoiceError(
+            f"{path} chose {label}, but this worker is set to {backend} {precision} "
+            f"({config.BACKEND.env}, {config.PRECISION.env})"
+        )
+    if onnx_sha256 is not None and record["key"].get("onnx_sha256") != onnx_sha256:
+        measured = record["key"].get("onnx_sha256")
+        raise ChoiceError(
+            f"{path} was measured with another artifact (sha256 {measured}, this one is "
+            f"{onnx_sha256}): run `segserve-weights choose-backend` again"
+        )
+    return {
+        "chosen": label,
+        "baseline": record["baseline"],
+        "measured_at": record["measured_at"],
+        "candidates": {
+            c["label"]: {
+                "passes_gate": c.get("gate", {}).get("passes"),
+                "vs_baseline": c.get("vs_baseline"),
+                "skipped": c.get("skipped") is not None,
+            }
+            for c in record["candidates"]
+        },
+    }

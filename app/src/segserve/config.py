@@ -184,6 +184,11 @@ PRECISION = Setting(
     help="the precision the backend computes at; `bf16` with `openvino` only, on a CPU that "
     "has it, and only after it passed the agreement gate (see Backends)",
 )  # fmt: skip
+BACKEND_CHOICE = Setting(
+    "BACKEND_CHOICE", "text", None, expect="a path",
+    help="the record of `segserve-weights choose-backend` that chose this backend and "
+    "precision; checked at start, summarised on `GET /v1/model`",
+)  # fmt: skip
 ONNX_PATH = Setting(
     "ONNX_PATH", "text", None, expect="a path",
     help="the artifact of `segserve-weights export-onnx WEIGHTS.pth OUT.onnx`; required "
@@ -201,8 +206,8 @@ METRICS_PORT = Setting(
 
 SETTINGS = (
     WEIGHTS_PATH, WEIGHTS_SHA256, ARCH, DEVICE, GPU_COUNT, TORCH_THREADS, MAX_IMAGE_BYTES,
-    MAX_PIXELS, MAX_JSON_BYTES, INPUT_SIZE, BACKEND, PRECISION, ONNX_PATH, ONNX_SHA256,
-    METRICS_PORT,
+    MAX_PIXELS, MAX_JSON_BYTES, INPUT_SIZE, BACKEND, PRECISION, BACKEND_CHOICE, ONNX_PATH,
+    ONNX_SHA256, METRICS_PORT,
 )  # fmt: skip
 # Anything under SEGSERVE_ not declared is reported as unknown, which catches typos such as
 # SEGSERVE_WIEGHTS_PATH.

@@ -56,6 +56,7 @@ class SegmentationHandler:
         self.weights: WeightsFile | None = None
         self.backend: Backend | None = None
         self.device: str | None = None
+        self.choice: dict | None = None
         self.ready = False
 
     # -- start-up -------------------------------------------------------------------------
@@ -75,6 +76,13 @@ class SegmentationHandler:
             s.weights_path, expected_sha256=s.weights_sha256, expected_arch=s.arch
         )
         self.backend = create_backend(s.backend, self.weights, self.placement.torch_device, s)
+        self.choice = None
+        if s.backend_choice is not None:
+            from segserve import choose
+
+            self.choice = choose.check_served(
+                s.backend_choice, s.backend, s.precision, getattr(self.backend, "sha256", None)
+            )
         started = time.perf_counter()
         self.warm_up()
         self.warmup_seconds = time.perf_counter() - started
@@ -145,6 +153,8 @@ class SegmentationHandler:
             "pretrained": w.pretrained,
             "weights_sha256": w.sha256,
         }
+        if self.choice is not None:
+            info["backend_choice"] = self.choice
         if not w.pretrained:
             info["warning"] = UNTRAINED_WARNING
         return info
