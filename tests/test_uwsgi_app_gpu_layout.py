@@ -49,9 +49,18 @@ def test_an_8_gpu_host_gets_one_gpu_per_worker(tmp_path):
     settings, processes = rendered(tmp_path, "spread")
     assert processes == 16
     assert (settings["SEGSERVE_DEVICE"], settings["SEGSERVE_GPU_COUNT"]) == ("auto", "8")
+    # uwsgi_app_backend auto serves torch on a GPU host, with nothing to choose.
+    assert (settings["SEGSERVE_BACKEND"], settings["SEGSERVE_PRECISION"]) == ("torch", "fp32")
+    assert "SEGSERVE_BACKEND_CHOICE" not in settings
     # Every worker on GPU 3: one GPU's share of workers, not eight GPUs' worth.
     settings, processes = rendered(tmp_path, "pinned")
     assert processes == 2 and settings["SEGSERVE_DEVICE"] == "cuda:3"
     # The CPU on a GPU host: one worker per core (torch threads 1), as on a CPU host.
     settings, processes = rendered(tmp_path, "cpu")
     assert processes == len(os.sched_getaffinity(0)) and settings["SEGSERVE_DEVICE"] == "cpu"
+    # There auto chooses among the CPU backends, timed with that layout: the record's name
+    # says so, and the service is told where it is.
+    assert re.search(
+        rf"-w{processes}t1-[0-9a-f]{{16}}\.choice\.json$", settings["SEGSERVE_BACKEND_CHOICE"]
+    )
+    assert settings["SEGSERVE_ONNX_PATH"].endswith(".onnx")

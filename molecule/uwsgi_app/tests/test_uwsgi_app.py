@@ -61,6 +61,31 @@ def test_model_reports_untrained_weights(host):
     assert f"SEGSERVE_WEIGHTS_SHA256={model['weights_sha256']}" in expected
 
 
+def test_backend_chosen_on_the_host_and_served(host):
+    """uwsgi_app_backend auto on a CPU host: the record of the timing on this host says what
+    the service runs, and the service shows it."""
+    env = host.file("/etc/segserve/segserve.env").content_string
+    path = next(
+        line.split("=", 1)[1]
+        for line in env.splitlines()
+        if line.startswith("SEGSERVE_BACKEND_CHOICE=")
+    )
+    record_file = host.file(path)
+    assert (record_file.user, record_file.group, record_file.mode) == ("root", "segserve", 0o640)
+    record = json.loads(record_file.content_string)
+    chosen = record["chosen"]
+    assert f"SEGSERVE_BACKEND={chosen['backend']}\n" in env
+    assert f"SEGSERVE_PRECISION={chosen['precision']}\n" in env
+    # Timed with the service's own layout: the two workers of the setting, one thread each.
+    assert (record["key"]["workers"], record["key"]["threads"]) == (2, 1)
+    timed = [c for c in record["candidates"] if "median_images_per_s" in c]
+    assert {"onnxruntime fp32", "openvino fp32"} <= {c["label"] for c in timed}
+    assert all(c["gate"]["passes"] and c["gate"]["decided_flips"] == 0 for c in timed)
+    model = json.loads(curl(host, f"{HEALTH}/v1/model"))
+    assert (model["backend"], model["precision"]) == (chosen["backend"], chosen["precision"])
+    assert model["backend_choice"]["chosen"] == f"{chosen['backend']} {chosen['precision']}"
+
+
 def test_two_workers_from_the_setting(host):
     stats = json.loads(host.check_output("curl -sS http://127.0.0.1:9191"))
     assert len(stats["workers"]) == 2
