@@ -236,10 +236,10 @@ def main() -> int:
         "# Inference backends: per-image cost against eager PyTorch",
         "",
         f"- Command: `{command.strip()}` ({time.strftime('%Y-%m-%d %H:%M %Z')})",
-        f"- Machine: {cpu_model()}, {os.cpu_count()} cores, SHARED with other jobs (containers "
-        f"of Molecule runs come and go): load average {load_before[0]:.2f} before, "
-        f"{load_after[0]:.2f} after. Requests of the backends are interleaved (order "
-        "rotated each round) and the figures are medians, so a busy spell hits all alike.",
+        f"- Machine: {cpu_model()}, {os.cpu_count()} cores; load average {load_before[0]:.2f} "
+        f"before, {load_after[0]:.2f} after (the machine may run other jobs). Requests of the "
+        "backends are interleaved (order rotated each round) and the figures are medians, so "
+        "a busy spell hits all alike.",
         f"- CPU features that decide the precisions: {cpu_flags()}",
         f"- Python {platform.python_version()}, torch {torch.__version__}, onnxruntime "
         f"{onnxruntime.__version__}, openvino {openvino.__version__}; 1 thread per process "
