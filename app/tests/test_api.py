@@ -57,6 +57,7 @@ def test_model_is_public_and_shows_no_host_details(client, weights_file):
         "app_version",
         "arch",
         "backend",
+        "precision",
         "device",
         "input_size",
         "classes",

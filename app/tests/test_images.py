@@ -82,7 +82,22 @@ def test_preprocess_matches_torchvision_preset(app):
     preset = SemanticSegmentation(resize_size=handler.settings.input_size)
     theirs = preset(image).unsqueeze(0)
     assert ours.shape == theirs.shape
-    assert torch.allclose(ours, theirs, atol=1e-5)
+    assert torch.allclose(torch.from_numpy(ours), theirs, atol=1e-5)
+
+
+def test_normalise_table_gives_the_bits_of_the_arithmetic():
+    """The lookup table stands for torch's float32 operations per pixel: every one of the 256
+    levels of every channel must give exactly the bits that (v / 255 - mean) / std gives."""
+    from segserve.handler import MEAN, NORMALISE, STD, to_batch
+
+    levels = torch.arange(256, dtype=torch.uint8)
+    pixels = torch.stack([levels] * 3).float().div_(255.0)
+    expected = pixels.sub_(torch.tensor(MEAN).view(3, 1)).div_(torch.tensor(STD).view(3, 1))
+    assert np.array_equal(NORMALISE, expected.numpy())
+    # And to_batch reads the table by channel: an image holding every level in each channel.
+    ramp = np.stack([np.arange(256, dtype=np.uint8)] * 3, axis=-1).reshape(16, 16, 3)
+    batch = to_batch(Image.fromarray(ramp), 16)
+    assert np.array_equal(batch[0].reshape(3, 256), expected.numpy())
 
 
 @pytest.mark.parametrize("mode", ["L", "P", "RGBA", "LA", "CMYK", "1", "YCbCr", "I;16", "I", "F"])

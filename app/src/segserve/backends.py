@@ -1,4 +1,4 @@
-"""Inference backends: each maps a normalised NCHW float32 batch to class ids.
+"""Inference backends: each maps a normalised NCHW float32 batch (numpy) to uint8 class ids.
 
 Decoding, preprocessing and postprocessing are shared in the handler; a backend only runs the
 network. The registry is what SEGSERVE_BACKEND selects from:
@@ -21,6 +21,8 @@ import logging
 import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
 
 from segserve import config
 from segserve.errors import StartupError
@@ -46,8 +48,8 @@ class Backend(Protocol):
     name: str
     device: str
 
-    def infer(self, batch: torch.Tensor) -> torch.Tensor:
-        """(N, 3, H, W) float32 on the CPU -> (N, H, W) uint8 class ids on the CPU."""
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        """(N, 3, H, W) float32 -> (N, H, W) uint8 class ids."""
         ...
 
     def describe(self) -> dict[str, Any]:
@@ -78,15 +80,15 @@ class TorchBackend:
             ) from None
         self.model = model.to(torch.device(device)).eval()
 
-    def infer(self, batch: torch.Tensor) -> torch.Tensor:
+    def infer(self, batch: np.ndarray) -> np.ndarray:
         import torch
 
         with torch.inference_mode():
-            batch = batch.to(self.device, non_blocking=True)
-            logits = self.model(batch)["out"]
+            tensor = torch.from_numpy(batch).to(self.device, non_blocking=True)
+            logits = self.model(tensor)["out"]
             # argmax on the device: a uint8 mask is 84x smaller to copy back than 21
             # float32 channels.
-            return class_ids(logits).cpu()
+            return class_ids(logits).cpu().numpy()
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "precision": "fp32"}
@@ -229,15 +231,10 @@ class OnnxRuntimeBackend:
         self.ort_version = onnxruntime.__version__
         self.threads = settings.torch_threads
 
-    def infer(self, batch: torch.Tensor) -> torch.Tensor:
-        import numpy as np
-        import torch
-
-        # from_numpy/numpy share memory: no copy either way. Only the uint8 class ids are
-        # fetched; the logits stay inside ONNX Runtime.
-        array = np.ascontiguousarray(batch.numpy())
-        (ids,) = self.session.run([ONNX_CLASS_IDS], {ONNX_INPUT: array})
-        return torch.from_numpy(ids)
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        # Only the uint8 class ids are fetched; the logits stay inside ONNX Runtime.
+        (ids,) = self.session.run([ONNX_CLASS_IDS], {ONNX_INPUT: np.ascontiguousarray(batch)})
+        return ids
 
     def describe(self) -> dict[str, Any]:
         meta = self.meta

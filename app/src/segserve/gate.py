@@ -194,7 +194,7 @@ def evaluate(
         raise ValueError(f"unknown precision {precision!r}: one of {', '.join(PRECISIONS)}")
     result = GateResult(precision=precision, depth=depth, max_flip_share=max_flip_share)
     for name, image in images if images is not None else equivalence_images():
-        batch = to_batch(image, input_size).numpy()
+        batch = to_batch(image, input_size)
         ref = np.asarray(reference(batch), dtype=np.float32)
         out = candidate(batch)
         if isinstance(out, tuple):

@@ -20,8 +20,6 @@ from segserve.images import DecodedImage, decode_image, resized_size
 from segserve.metrics import StageTimings
 
 if TYPE_CHECKING:
-    import torch
-
     from segserve.backends import Backend
     from segserve.config import Settings
     from segserve.weights import WeightsFile
@@ -105,16 +103,16 @@ class SegmentationHandler:
             check_size=check_size,
         )
 
-    def preprocess(self, decoded: DecodedImage) -> torch.Tensor:
+    def preprocess(self, decoded: DecodedImage) -> np.ndarray:
         return to_batch(decoded.image, self.settings.input_size)
 
-    def infer(self, batch: torch.Tensor) -> torch.Tensor:
+    def infer(self, batch: np.ndarray) -> np.ndarray:
         return self.backend.infer(batch)
 
-    def postprocess(self, class_ids: torch.Tensor, decoded: DecodedImage) -> np.ndarray:
+    def postprocess(self, class_ids: np.ndarray, decoded: DecodedImage) -> np.ndarray:
         """The class ids of the one image, brought back to its upright size (nearest
         neighbour: ids are labels, never blended)."""
-        ids = class_ids[0].numpy()
+        ids = class_ids[0]
         size = (decoded.width, decoded.height)
         if (ids.shape[1], ids.shape[0]) != size:
             ids = np.asarray(Image.fromarray(ids).resize(size, Image.Resampling.NEAREST))
@@ -197,17 +195,31 @@ def _distribution_version(name: str) -> str | None:
         return None
 
 
-def to_batch(image: Image.Image, input_size: int) -> torch.Tensor:
+def _normalise_table() -> np.ndarray:
+    """(3, 256) float32: the normalised value of each 8-bit level per channel, computed with
+    the float32 operations torchvision's preset applies per pixel ((v / 255 - mean) / std),
+    so a lookup gives the very same bits."""
+    levels = np.arange(256, dtype=np.float32) / np.float32(255.0)
+    mean = np.asarray(MEAN, dtype=np.float32)[:, None]
+    std = np.asarray(STD, dtype=np.float32)[:, None]
+    return (levels[None, :] - mean) / std
+
+
+# An 8-bit channel has 256 levels: one lookup per pixel instead of a conversion, a division,
+# a subtraction and a division over the whole image (bench/results/backends.md, stages).
+NORMALISE = _normalise_table()
+
+
+def to_batch(image: Image.Image, input_size: int) -> np.ndarray:
     """An RGB image as the model's (1, 3, H, W) float32 input: short side resized to
     `input_size` (bilinear, antialiased), ImageNet normalisation, as torchvision's
     SemanticSegmentation preset does for these weights. Shared by every backend and by the
-    conversion's equivalence check."""
-    import torch
-
+    agreement gate; numpy only, so the artifact backends need no torch for it."""
     target = resized_size(image.width, image.height, input_size, input_size * MAX_ASPECT)
     if target != image.size:
         image = image.resize(target, Image.Resampling.BILINEAR)
-    pixels = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy())
-    tensor = pixels.permute(2, 0, 1).float().div_(255.0)
-    tensor = tensor.sub_(torch.tensor(MEAN).view(3, 1, 1)).div_(torch.tensor(STD).view(3, 1, 1))
-    return tensor.unsqueeze(0).contiguous()
+    pixels = np.asarray(image, dtype=np.uint8)
+    batch = np.empty((1, 3, pixels.shape[0], pixels.shape[1]), dtype=np.float32)
+    for channel in range(3):
+        np.take(NORMALISE[channel], pixels[:, :, channel], out=batch[0, channel])
+    return batch

@@ -26,8 +26,6 @@ from segserve.backends import ONNX_CLASS_IDS, ONNX_INPUT, equivalence_summary, o
 from segserve.errors import StartupError
 
 if TYPE_CHECKING:
-    import torch
-
     from segserve.config import Settings
     from segserve.weights import WeightsFile
 
@@ -118,15 +116,11 @@ class OpenVinoBackend:
         # keeps that true if a thread ever calls in.
         self.lock = threading.Lock()
 
-    def infer(self, batch: torch.Tensor) -> torch.Tensor:
-        import torch
-
-        array = np.ascontiguousarray(np.asarray(batch))
+    def infer(self, batch: np.ndarray) -> np.ndarray:
         with self.lock:
-            self.request.infer({ONNX_INPUT: array})
+            self.request.infer({ONNX_INPUT: np.ascontiguousarray(batch)})
             # The request's output buffer is reused by the next call: copy it out.
-            ids = self.request.get_tensor(self.output).data.copy()
-        return torch.from_numpy(ids)
+            return self.request.get_tensor(self.output).data.copy()
 
     def describe(self) -> dict[str, Any]:
         return {
