@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import io
 import json
 import struct
 import subprocess
@@ -15,6 +16,7 @@ from segserve import images
 from segserve.errors import BadImage, TooLarge, UnsupportedMediaType
 from segserve.images import (
     decode_image,
+    encode_png,
     json_mask_bytes,
     json_mask_min_bytes,
     mask_to_json,
@@ -308,3 +310,19 @@ def test_only_the_accepted_formats_plugins_are_ever_imported(tmp_path):
     }
     assert set(out["after_rest"]) == accepted | {"PIL.PpmImagePlugin", "PIL.MpoImagePlugin"}
     assert out["initialized"] < 2
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 700), (700, 1), (520, 520), (37, 1951)])
+def test_png_mask_decodes_to_the_same_class_ids(shape):
+    """The service writes PNG itself: any decoder must read back exactly the mask, every
+    chunk's CRC checked (verify), greyscale 8-bit."""
+    rng = np.random.default_rng(sum(shape))
+    runs = np.repeat(rng.integers(0, 21, size=shape[0] * shape[1] // 7 + 1), 7)
+    mask = runs[: shape[0] * shape[1]].reshape(shape).astype(np.uint8)
+    mask.flat[:: max(1, mask.size // 5)] = 255  # the largest value too
+    data = encode_png(mask)
+    with Image.open(io.BytesIO(data)) as image:
+        image.verify()
+    with Image.open(io.BytesIO(data)) as image:
+        assert (image.format, image.mode, image.size) == ("PNG", "L", (shape[1], shape[0]))
+        assert np.array_equal(np.asarray(image), mask)

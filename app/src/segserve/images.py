@@ -11,7 +11,9 @@ from __future__ import annotations
 import importlib
 import io
 import re
+import struct
 import warnings
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -215,12 +217,36 @@ def resized_size(width: int, height: int, short_side: int, max_long_side: int) -
     return (new_short, new_long) if width <= height else (new_long, new_short)
 
 
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
 def encode_png(mask: np.ndarray) -> bytes:
-    """An 8-bit greyscale PNG whose pixel values are the class ids."""
-    buffer = io.BytesIO()
-    # Level 1: masks are long runs of equal values, so faster levels lose little size.
-    Image.fromarray(mask).save(buffer, format="PNG", compress_level=1)
-    return buffer.getvalue()
+    """An 8-bit greyscale PNG whose pixel values are the class ids.
+
+    Written directly (PNG specification, ISO/IEC 15948): every scanline with filter type 0
+    (none) and the image data deflated with zlib's run-length strategy. A mask is long runs
+    of equal values, which that strategy encodes as well as a filtered, fully searched deflate,
+    while Pillow's encoder spends most of its time choosing a filter for every row: about 3x
+    faster and smaller (bench/results/backends.md, PNG encode)."""
+    mask = np.ascontiguousarray(mask, dtype=np.uint8)
+    height, width = mask.shape
+    scanlines = np.zeros((height, width + 1), dtype=np.uint8)
+    scanlines[:, 1:] = mask
+    deflate = zlib.compressobj(1, zlib.DEFLATED, 15, 9, zlib.Z_RLE)
+    data = deflate.compress(scanlines.tobytes()) + deflate.flush()
+    # IHDR: width, height, bit depth 8, colour type 0 (greyscale), deflate, adaptive
+    # filtering method 0, no interlace.
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (
+        _PNG_SIGNATURE
+        + _png_chunk(b"IHDR", header)
+        + _png_chunk(b"IDAT", data)
+        + _png_chunk(b"IEND", b"")
+    )
 
 
 _DIGITS = np.frombuffer(b"0123456789", dtype=np.uint8)
