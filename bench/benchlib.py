@@ -1,4 +1,4 @@
-"""Pieces the in-process benchmarks share: a multi-process rate and the report writer."""
+"""Pieces the benchmarks share: a multi-process rate, the CPU flags line, the report writer."""
 
 from __future__ import annotations
 
@@ -33,3 +33,16 @@ def write_report(out: str | Path, lines: list[str]) -> int:
     Path(out).write_text(text)
     print(text)
     return 0
+
+
+def cpu_flags() -> str:
+    """The flags of /proc/cpuinfo that bfloat16 and int8 kernels use, or 'none of them'."""
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "amx_tile")
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next(
+                (line.split(":", 1)[1].split() for line in f if line.startswith("flags")), []
+            )
+    except OSError:
+        return "unknown"
+    return ", ".join(f for f in wanted if f in flags) or "none of them"

@@ -2,12 +2,13 @@
 
 Run inside an app host with the service's virtualenv and settings (scripts/bench does it):
 
-    /opt/segserve/venv/bin/python ceiling.py IMAGE [--backend torch|onnxruntime] [-n 40]
+    /opt/segserve/venv/bin/python ceiling.py IMAGE [--backend BACKEND] [--precision P] [-n 40]
 
 Reads the service's settings from /etc/segserve/segserve.env (weights, artifact, threads,
 input size), so the model, weights, input size and thread count are the served ones; the
-backend may be overridden. Prints one JSON line: images/s and median ms for decode to PNG,
-decode to JSON and inference alone, one process, as one uWSGI worker runs them.
+backend (and OpenVINO's precision) may be overridden. Prints one JSON line: images/s and
+median ms for decode to PNG, decode to JSON and inference alone, one process, as one uWSGI
+worker runs them.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("image")
     parser.add_argument("--backend", default=None)
+    parser.add_argument("--precision", default=None, help="fp32 or bf16 (openvino only)")
     parser.add_argument("-n", type=int, default=40)
     parser.add_argument("--env-file", default="/etc/segserve/segserve.env")
     args = parser.parse_args()
@@ -56,6 +58,9 @@ def main() -> None:
         if args.backend == "torch":
             mapping.pop("ONNX_PATH", None)
             mapping.pop("ONNX_SHA256", None)
+        # A choice record names the backend it chose: with another one forced it does not apply.
+        mapping.pop("BACKEND_CHOICE", None)
+        mapping["PRECISION"] = args.precision or "fp32"
     handler = SegmentationHandler(Settings.from_mapping(mapping))
     handler.initialize()
     with open(args.image, "rb") as fh:
@@ -76,6 +81,7 @@ def main() -> None:
 
     out = {
         "backend": mapping.get("BACKEND", "torch"),
+        "precision": handler.backend.describe().get("precision", "fp32"),
         "threads": threads,
         "input_size": int(mapping.get("INPUT_SIZE", 520)),
         "n": args.n,

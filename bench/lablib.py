@@ -8,6 +8,7 @@ the stacks.
 from __future__ import annotations
 
 import json
+import os
 import re
 import resource
 import shlex
@@ -31,6 +32,8 @@ BENCH_DIR = "/opt/segserve-bench"  # inside app1: the alternatives' venv, files,
 SEGSERVE_VENV = "/opt/segserve/venv"
 # The posted image: written by make_image, read by warm and wrk, copied into app1.
 IMAGE = LAB / "bench" / "astronaut-520.jpg"
+# The open-loop load generator: the fault suite's (standard library only).
+LOADGEN = ROOT / "molecule" / "cluster" / "files" / "loadgen.py"
 
 # Every log line of the run, kept for the results' .json.
 LOG: list[str] = []
@@ -209,18 +212,38 @@ def make_image(size: int = 520) -> Path:
     return IMAGE
 
 
-def warm(url: str, n: int) -> None:
+FORM_BOUNDARY = "segserve-bench-boundary"
+FORM_TYPE = f"multipart/form-data; boundary={FORM_BOUNDARY}"
+
+
+def form_image() -> Path:
+    """IMAGE as a multipart/form-data body with one field `image` (for LitServe)."""
+    path = IMAGE.with_suffix(".form")
+    path.write_bytes(
+        f'--{FORM_BOUNDARY}\r\nContent-Disposition: form-data; name="image"; '
+        'filename="image.jpg"\r\nContent-Type: image/jpeg\r\n\r\n'.encode()
+        + IMAGE.read_bytes()
+        + f"\r\n--{FORM_BOUNDARY}--\r\n".encode()
+    )
+    return path
+
+
+def warm(url: str, n: int, *, form: bool = False) -> None:
     """Post the image n times and wait for each answer: first requests pay one-off costs."""
-    data = IMAGE.read_bytes()
+    data = form_image().read_bytes() if form else IMAGE.read_bytes()
+    kind = FORM_TYPE if form else "image/jpeg"
     for _ in range(n):
-        req = urllib.request.Request(url, data=data, headers={"Content-Type": "image/jpeg"})
+        req = urllib.request.Request(url, data=data, headers={"Content-Type": kind})
         with urllib.request.urlopen(req, timeout=120) as resp:
             resp.read()
 
 
-def wrk(url: str, conns: int, duration: int, accept: str, watch: list[str]) -> dict:
-    """One wrk run posting IMAGE to URL; its JSON summary plus wrk's own CPU time (rusage of
-    children) and the CPU share of each container in `watch` during the run."""
+def wrk(
+    url: str, conns: int, duration: int, accept: str, watch: list[str], *, form: bool = False
+) -> dict:
+    """One wrk run posting IMAGE to URL (raw, or as a form); its JSON summary plus wrk's own
+    CPU time (rusage of children) and the CPU share of each container in `watch` during the
+    run."""
     cmd = [
         "wrk",
         "-t1",
@@ -232,8 +255,9 @@ def wrk(url: str, conns: int, duration: int, accept: str, watch: list[str]) -> d
         str(HERE / "wrk" / "post_image.lua"),
         url,
         "--",
-        str(IMAGE),
+        str(form_image() if form else IMAGE),
         accept,
+        FORM_TYPE if form else "image/jpeg",
     ]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu_before = {c: cpu_usage_ns(c) for c in watch}
@@ -262,3 +286,57 @@ def wrk(url: str, conns: int, duration: int, accept: str, watch: list[str]) -> d
         command=" ".join(cmd),
     )
     return r
+
+
+def open_loop(url: str, rate: float, duration: int, accept: str) -> dict:
+    """Requests at a fixed rate, evenly spaced, whatever the answers (the fault suite's
+    loadgen.py, one connection per request), from this machine: p50/p99 without the closed
+    loop's coordinated omission (a slow answer cannot delay the next request). Python costs
+    more CPU per request than wrk, so it runs on the cores app1 is not pinned to (app1 has
+    core 0), and its CPU share is reported."""
+    others = sorted(os.sched_getaffinity(0) - {0}) or [0]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    out = sh(
+        [
+            "taskset",
+            "-c",
+            ",".join(map(str, others)),
+            sys.executable,
+            str(LOADGEN),
+            url,
+            str(IMAGE),
+            "--rate",
+            f"{rate:.3f}",
+            "--duration",
+            str(duration),
+            "--accept",
+            accept,
+            "--threads",
+            "32",
+        ],
+        capture=True,
+    ).stdout
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    r = json.loads(out)
+    return {
+        "rate": rate,
+        "client_cpu_share": cpu / wall,
+        "client_cores": others,
+        "sent": r["sent"],
+        "failed": r["failed"],
+        "succeeded_per_s": r["succeeded_per_s"],
+        "p50": r["latency_ok"]["p50_ms"],
+        "p99": r["latency_ok"]["p99_ms"],
+        "max": r["latency_ok"]["max_ms"],
+        "backlog": r["mode"]["max_backlog"],
+    }
+
+
+def choice_record() -> dict | None:
+    """The backend choice record the service on app1 is given now, if any (read afresh:
+    read_env's copy predates the reconverge)."""
+    path = dexec(APP1, "sed -n 's/^SEGSERVE_BACKEND_CHOICE=//p' /etc/segserve/segserve.env")
+    return json.loads(dexec(APP1, f"cat {path.strip()}")) if path.strip() else None

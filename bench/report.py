@@ -13,8 +13,9 @@ import shlex
 import statistics
 from pathlib import Path
 
+from benchlib import cpu_flags
 from lablib import APP1, LB1, RESULTS, sh
-from stacks import ACCEPT, BY_NAME, CEILING, HTTP_STACKS, HttpStack, ceiling_backends
+from stacks import ACCEPT, BY_NAME, CEILING, HTTP_STACKS, HttpStack
 
 
 def med(values):
@@ -62,19 +63,43 @@ def summarise(runs: list[dict]) -> dict:
     return rows
 
 
-def summarise_ceilings(ceiling_runs: list[dict]) -> dict:
-    """Per backend: medians over repetitions of images/s and ms for each part, answer bytes."""
+def summarise_ceilings(ceiling_runs: list[dict], chosen: str | None = None) -> dict:
+    """Per candidate (in the order measured): medians over repetitions of images/s and ms for
+    each part, answer bytes; `chosen` is also the key of the candidate app1 chose."""
     ceilings = {}
-    for backend in ceiling_backends():
+    for backend in dict.fromkeys(c["backend"] for c in ceiling_runs):
         cs = [c for c in ceiling_runs if c["backend"] == backend]
-        if cs:
-            ceilings[backend] = {
-                part: {k: med([c[part][k] for c in cs]) for k in ("images_per_s", "median_ms")}
-                for part in ("png", "json", "inference")
-            }
-            ceilings[backend]["png_bytes"] = cs[0]["png_bytes"]
-            ceilings[backend]["json_bytes"] = cs[0]["json_bytes"]
+        ceilings[backend] = {
+            part: {k: med([c[part][k] for c in cs]) for k in ("images_per_s", "median_ms")}
+            for part in ("png", "json", "inference")
+        }
+        ceilings[backend]["png_bytes"] = cs[0]["png_bytes"]
+        ceilings[backend]["json_bytes"] = cs[0]["json_bytes"]
+    if chosen in ceilings:
+        ceilings["chosen"] = ceilings[chosen]
     return ceilings
+
+
+def summarise_open(open_runs: list[dict]) -> dict:
+    """Group open-loop runs by (stack, share): medians of rate, p50, p99; failures summed."""
+    groups: dict[tuple, list[dict]] = {}
+    for o in open_runs:
+        groups.setdefault((o["stack"], o["share"]), []).append(o)
+    return {
+        key: {
+            "rate": med([o["rate"] for o in os_]),
+            "achieved": med([o["succeeded_per_s"] for o in os_]),
+            "p50": med([o["p50"] for o in os_]),
+            "p99": med([o["p99"] for o in os_]),
+            "max": max(o["max"] for o in os_),
+            "failed": sum(o["failed"] for o in os_),
+            "sent": sum(o["sent"] for o in os_),
+            "backlog": max(o["backlog"] for o in os_),
+            "client_cpu": med([o.get("client_cpu_share", float("nan")) for o in os_]),
+            "n_runs": len(os_),
+        }
+        for key, os_ in groups.items()
+    }
 
 
 def ceiling_for(stack: HttpStack, fmt: str, ceilings: dict) -> float | None:
@@ -91,7 +116,7 @@ def machine() -> str:
     mem = int(next(x.split()[1] for x in meminfo if x.startswith("MemTotal"))) // 1024 // 1024
     docker = sh(["docker", "version", "-f", "{{.Server.Version}}"], capture=True).stdout.strip()
     return (
-        f"{cpu}, {os.cpu_count()} cores, {mem} GiB; {platform.platform()}; Docker "
+        f"{cpu}, {os.cpu_count()} cores ({cpu_flags()}), {mem} GiB; {platform.platform()}; Docker "
         f"{docker}; wrk {sh(['wrk', '-v'], check=False, capture=True).stdout.split()[1]}"
     )
 
@@ -113,6 +138,8 @@ def plot(rows: dict, ceilings: dict, path: Path) -> None:
             line = ax1.plot(xs, [v["images_per_s"] for _, v in pts], style, label=label)[0]
             ax2.plot(xs, [v["p99"] for _, v in pts], style, color=line.get_color(), label=label)
     for backend, c in ceilings.items():
+        if backend == "chosen":
+            continue
         ax1.axhline(c["png"]["images_per_s"], linestyle=":", color="grey")
         ax1.text(
             1,
@@ -151,7 +178,7 @@ def fmt_row(r: dict, ceiling: float | None) -> str:
     )
 
 
-def targets(rows: dict, ceilings: dict) -> list[str]:
+def targets(rows: dict, ceilings: dict, open_rows: dict) -> list[str]:
     """The issue's targets, computed from the rows (medians), as the stacks declare them."""
     L = ["## Targets\n", "| target | measured | met |", "|---|---|---|"]
     # At concurrency = the worker count (1), the ceiling's own concurrency.
@@ -166,21 +193,22 @@ def targets(rows: dict, ceilings: dict) -> list[str]:
                 f"{'yes' if ratio >= want else f'no, {100 * (want - ratio):.0f} points short'} |"
             )
     for stack in HTTP_STACKS:
-        if not stack.target_ahead_of:
-            continue
-        rival = BY_NAME[stack.target_ahead_of]
-        for conns in stack.conns:
-            ours = rows.get((stack.name, "png", conns))
-            theirs = rows.get((rival.name, "png", conns))
-            if ours and theirs:
-                faster = ours["images_per_s"] > theirs["images_per_s"]
-                ahead = faster and ours["p99"] <= theirs["p99"]
+        for rival_name, factor in stack.target_ahead_of:
+            rival = BY_NAME[rival_name]
+            for conns in stack.conns:
+                ours = rows.get((stack.name, "png", conns))
+                theirs = rows.get((rival.name, "png", conns))
+                if not (ours and theirs):
+                    continue
+                ratio = ours["images_per_s"] / theirs["images_per_s"]
+                ahead = ratio >= factor and ours["p99"] <= theirs["p99"]
+                want = f">= {factor:g}x " if factor != 1 else ""
                 L.append(
-                    f"| {stack.name} ahead of {rival.short or rival.name} at {conns} "
-                    f"connection(s), PNG | {ours['images_per_s']:.2f} vs "
-                    f"{theirs['images_per_s']:.2f} images/s "
-                    f"({ours['images_per_s'] / theirs['images_per_s']:.2f}x), p99 "
-                    f"{ours['p99']:.0f} vs {theirs['p99']:.0f} ms | {'yes' if ahead else 'no'} |"
+                    f"| {stack.name} ahead of {rival.short or rival.name} ({want}images/s, "
+                    f"p99 no higher) at {conns} connection(s), PNG | "
+                    f"{ours['images_per_s']:.2f} vs {theirs['images_per_s']:.2f} images/s "
+                    f"({ratio:.2f}x), p99 {ours['p99']:.0f} vs {theirs['p99']:.0f} ms "
+                    f"| {'yes' if ahead else 'no'} |"
                 )
     for stack in HTTP_STACKS:
         png, js = rows.get((stack.name, "png", 1)), rows.get((stack.name, "json", 1))
@@ -190,6 +218,33 @@ def targets(rows: dict, ceilings: dict) -> list[str]:
                 f"| PNG responses < {100 * want:g}% of the JSON bytes | {png['bytes']:,.0f} / "
                 f"{js['bytes']:,.0f} bytes = {100 * share:.2f}% | "
                 f"{'yes' if share < want else 'no'} |"
+            )
+    for stack in HTTP_STACKS:
+        if not stack.target_faster_than:
+            continue
+        rival, with_bf16, without = stack.target_faster_than
+        bf16 = "openvino bf16" in ceilings
+        want = with_bf16 if bf16 else without
+        for conns in stack.conns:
+            ours, theirs = rows.get((stack.name, "png", conns)), rows.get((rival, "png", conns))
+            if ours and theirs:
+                ratio = ours["images_per_s"] / theirs["images_per_s"]
+                met = "yes" if ratio >= want else f"no, {want - ratio:.2f} short"
+                L.append(
+                    f"| {stack.name} >= {want:g}x {rival}'s images/s at {conns} connection(s) "
+                    f"(the CPU {'has' if bf16 else 'lacks'} bfloat16), PNG "
+                    f"| {ours['images_per_s']:.2f} vs {theirs['images_per_s']:.2f} = "
+                    f"{ratio:.2f}x | {met} |"
+                )
+    for stack in HTTP_STACKS:
+        top = max(stack.open_loop, default=None)
+        o = open_rows.get((stack.name, top))
+        if stack.target_open_p99_over_p50 and o:
+            want, ratio = stack.target_open_p99_over_p50, o["p99"] / o["p50"]
+            L.append(
+                f"| {stack.name}: p99 <= {want:g}x p50 at {top:.0%} of capacity, open loop "
+                f"| {o['p99']:.0f} / {o['p50']:.0f} ms = {ratio:.2f}x "
+                f"| {'yes' if ratio <= want else f'no, {ratio - want:.2f} over'} |"
             )
     prov = RESULTS / "provisioning.json"
     if prov.exists():
@@ -209,7 +264,8 @@ def header(res: dict) -> list[str]:
     return [
         "# Serving: our stack against its ceiling and its alternatives\n",
         f"- Command: `{res['command']}` ({res['started']} UTC; {res['run_minutes']:.0f} min "
-        "in all, lab and provisioning included)",
+        f"in all, lab{' and provisioning' if '--provisioning' in res['command'] else ''} "
+        "included)",
         f"- Machine: {res['machine']}; {res['sharing']}; load average {res['load_start']} at"
         f" the start, {res['load_end']} at the end.",
         "- Lab: `scripts/lab up`; `ansible-playbook site.yml -i inventory/lab "
@@ -225,7 +281,11 @@ def header(res: dict) -> list[str]:
         "the core: our service on app1 is stopped while an alternative runs there, and the "
         "alternative is stopped while ours runs. For `ours-*`, app2 is drained "
         "(`-e nginx_upstream_down_hosts=[app2]` on playbooks/lb.yml), so nginx sends "
-        "everything to app1; `fleet-onnx` has both app hosts in rotation.",
+        "everything to app1; `fleet-onnx` has both app hosts in rotation. The stacks are "
+        "onnxruntime's (`uwsgi_app_backend=onnxruntime` pinned for the run), except "
+        "`ours-torch` and `ours-chosen`, for which app1 is converged again with "
+        "`uwsgi_app_backend=torch` and `=auto` (the role's default: the host times the "
+        "candidates and serves the fastest that passes the agreement gate).",
         "- Load: wrk 4.1 (Debian) with `bench/wrk/post_image.lua`, 1 thread, "
         f"{res['duration']} s per run, {res['reps']} interleaved repetitions (the order of "
         "the stacks rotates each repetition); figures are medians over repetitions, errors "
@@ -244,6 +304,8 @@ def ceiling_table(res: dict) -> list[str]:
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for backend, c in res["ceilings"].items():
+        if backend == "chosen":
+            continue
         L.append(
             f"| {backend} | {c['png']['images_per_s']:.2f} | {c['json']['images_per_s']:.2f} | "
             f"{c['inference']['images_per_s']:.2f} | {c['png']['median_ms']:.1f} / "
@@ -277,11 +339,71 @@ def http_table(rows: dict, ceilings: dict) -> list[str]:
     return L
 
 
+def open_table(res: dict, rows: dict) -> list[str]:
+    open_rows = summarise_open(res.get("open_runs", []))
+    if not open_rows:
+        return []
+    cores = {tuple(o["client_cores"]) for o in res["open_runs"] if "client_cores" in o}
+    pinning = (
+        f"pinned to core(s) {', '.join(','.join(map(str, c)) for c in cores)}, away from "
+        "app1's; client CPU = its share of one core"
+        if cores
+        else "not pinned in this run: it shared the cores with app1, and its CPU was not recorded"
+    )
+    L = [
+        "## Open loop: latency at fixed arrival rates\n",
+        "wrk is a closed loop: a connection sends its next request only once the last one is "
+        "answered, so a slow answer delays the requests behind it and its p99 hides queueing "
+        "(coordinated omission). Here requests arrive at a fixed rate whatever the answers "
+        "(molecule/cluster/files/loadgen.py, evenly spaced arrivals, a new connection per "
+        f"request, 32 sending threads, {pinning}), at a share of the capacity the same "
+        "repetition just "
+        "measured at 1 connection (PNG), for as long as a wrk run. Evenly spaced, not Poisson: "
+        "random arrivals at 80% of one worker would queue more.\n",
+        "| stack | share of capacity | offered /s | answered /s | p50 ms | p99 ms | p99 / p50 "
+        "| max ms | failed | client CPU | closed loop c=1 p50 / p99 ms |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for (name, share), o in sorted(open_rows.items()):
+        closed = rows.get((name, "png", 1))
+        beside = f"{closed['p50']:.0f} / {closed['p99']:.0f}" if closed else ""
+        L.append(
+            f"| {name} | {share:.0%} | {o['rate']:.2f} | {o['achieved']:.2f} | {o['p50']:.0f} "
+            f"| {o['p99']:.0f} | {o['p99'] / o['p50']:.2f} | {o['max']:.0f} "
+            f"| {o['failed']}/{o['sent']} | {client_share(o['client_cpu'])} | {beside} |"
+        )
+    L.append("")
+    return L
+
+
+def client_share(share: float) -> str:
+    """The client's CPU share, or 'not recorded' (runs made before it was measured)."""
+    return "not recorded" if share != share else f"{100 * share:.0f}%"
+
+
+def choice_lines(res: dict) -> list[str]:
+    record = res.get("choice_record")
+    if not record:
+        return []
+    L = [
+        f"## What app1 chose with `uwsgi_app_backend=auto`: {res.get('chosen')}\n",
+        "The role timed every candidate on app1's own core with its worker layout "
+        "(segserve-weights choose-backend) and recorded this; `ours-chosen` serves it.\n",
+        "```",
+        json.dumps({k: v for k, v in record.items() if k != "key"}, indent=1),
+        "```",
+        "",
+    ]
+    return L
+
+
 def write_markdown(res: dict, path: Path) -> None:
     rows = rows_from_json(res)
     L = header(res) + ceiling_table(res) + http_table(rows, res["ceilings"])
     L.append("![throughput and p99](serving.png)\n")
-    L.extend(targets(rows, res["ceilings"]))
+    L.extend(open_table(res, rows))
+    L.extend(choice_lines(res))
+    L.extend(targets(rows, res["ceilings"], summarise_open(res.get("open_runs", []))))
     L.extend(res.get("notes", []))
     path.write_text("\n".join(L) + "\n")
 

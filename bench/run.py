@@ -92,7 +92,7 @@ def measure(stack: stacks.Stack, rep: int, args, res: dict, jobs: OtherJobs) -> 
     """One repetition of a stack: the ceiling for each backend, or wrk at each format and
     concurrency; the runs go into res."""
     if isinstance(stack, InProcessCeiling):
-        for backend in stacks.ceiling_backends():
+        for backend in stacks.ceiling_backends(res["setup"]["openvino_precisions"]):
             c = stacks.run_ceiling(backend, args.ceiling_n)
             c["rep"] = rep
             res["ceiling_runs"].append(c)
@@ -105,7 +105,7 @@ def measure(stack: stacks.Stack, rep: int, args, res: dict, jobs: OtherJobs) -> 
     for fmt in stack.formats:
         for conns in stack.conns:
             jobs.check()
-            r = lab.wrk(url, conns, args.duration, stacks.ACCEPT[fmt], [APP1, LB1])
+            r = lab.wrk(url, conns, args.duration, stacks.ACCEPT[fmt], [APP1, LB1], form=stack.form)
             r.update(stack=stack.name, fmt=fmt, rep=rep)
             res["runs"].append(r)
             log(
@@ -114,6 +114,23 @@ def measure(stack: stacks.Stack, rep: int, args, res: dict, jobs: OtherJobs) -> 
                 f"wrk {100 * r['wrk_cpu_share']:.1f}% load {r['load_after']}"
             )
             res.setdefault("example_wrk", r["command"])
+    capacity = next(
+        (
+            r["images_per_s"]
+            for r in reversed(res["runs"])
+            if (r["stack"], r["fmt"], r["conns"], r["rep"]) == (stack.name, "png", 1, rep)
+        ),
+        None,
+    )
+    for share in stack.open_loop if capacity else ():
+        jobs.check()
+        o = lab.open_loop(url, share * capacity, args.duration, stacks.ACCEPT["png"])
+        o.update(stack=stack.name, rep=rep, share=share, capacity=capacity)
+        res["open_runs"].append(o)
+        log(
+            f"{stack.name} open loop {share:.0%} of {capacity:.2f} = {o['rate']:.2f}/s: "
+            f"p50 {o['p50']:.0f} ms p99 {o['p99']:.0f} ms failed {o['failed']}/{o['sent']}"
+        )
 
 
 def take_turn(stack: stacks.Stack, rep: int, args, res: dict, jobs: OtherJobs) -> None:
@@ -147,6 +164,7 @@ def main() -> int:
         "ceiling_n": args.ceiling_n,
         "runs": [],
         "ceiling_runs": [],
+        "open_runs": [],
         "notes": [],
     }
     jobs = OtherJobs()
@@ -182,13 +200,17 @@ def main() -> int:
     # Our stack on app1 converged otherwise (app2 still drained), then converged back.
     for stack in stacks.chosen(args.stacks, Phase.RECONVERGED):
         lab.playbook("playbooks/app.yml", bench_vars + list(stack.app_vars), limit="app1,lb1")
+        if stack.ceiling == "chosen":
+            res["chosen"] = stacks.served_backend()
+            res["choice_record"] = lab.choice_record()
+            log(f"app1 chose {res['chosen']}")
         for rep in range(args.reps):
             take_turn(stack, rep, args, res, jobs)
         lab.playbook("playbooks/app.yml", bench_vars, limit="app1,lb1")
     # Back to both hosts in rotation.
     lab.playbook("playbooks/lb.yml", bench_vars)
 
-    res["ceilings"] = report.summarise_ceilings(res["ceiling_runs"])
+    res["ceilings"] = report.summarise_ceilings(res["ceiling_runs"], res.get("chosen"))
     res["rows"] = {report.row_key(*k): v for k, v in report.summarise(res["runs"]).items()}
     res["load_end"] = loadavg()
     res["sharing"] = sharing(jobs.seen, jobs.checks)

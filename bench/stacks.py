@@ -13,6 +13,7 @@ import enum
 import json
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -23,6 +24,7 @@ from lablib import APP1, BENCH_DIR, LAB, SEGSERVE_VENV, dexec, log, sh
 ACCEPT = {"png": "image/png", "json": "application/json"}
 NAIVE_PORT = 5000
 TS_PORT = 8080
+LS_PORT = 8090
 # TorchServe and what its vision handlers import (captum), from PyPI, with their dependencies
 # listed (installed with --no-deps: torch, numpy, pillow, packaging come from the service's
 # venv through a .pth file, and pip's resolver spent minutes over torch's requirements).
@@ -46,6 +48,34 @@ TS_WHEELS = [
 ]
 JDK = "openjdk-17-jre-headless"
 TS_VENV = f"{BENCH_DIR}/venv"
+# LitServe and its dependencies, pinned (installed with --no-deps the same way; onnxruntime,
+# numpy, pillow and segserve come from the service's venv).
+LS_WHEELS = [
+    "litserve==0.2.19",
+    "fastapi==0.165.0",
+    "starlette==1.10.0",
+    "pydantic==2.14.4",
+    "pydantic-core==2.50.5",
+    "annotated-types==0.8.0",
+    "annotated-doc==0.0.7",
+    "typing-inspection==0.4.5",
+    "typing-extensions==4.16.0",
+    "anyio==4.16.0",
+    "idna==3.20",
+    "uvicorn==0.55.0",
+    "h11==0.16.0",
+    "click==8.5.1",
+    "httptools==0.9.0",
+    "uvloop==0.23.0",
+    "watchfiles==1.3.0",
+    "websockets==17.4",
+    "python-dotenv==1.2.4",
+    "pyyaml==6.0.3",
+    "pyzmq==27.3.0",
+    "python-multipart==0.0.34",
+    "opentelemetry-api==1.45.2",
+]
+LS_VENV = f"{BENCH_DIR}/litserve-venv"
 
 
 class Phase(enum.Enum):
@@ -88,12 +118,23 @@ class HttpStack(Stack):
     ceiling_hosts: int = 1
     # Extra vars for playbooks/app.yml (app1, lb1) while it runs: Phase.RECONVERGED only.
     app_vars: tuple[str, ...] = ()
+    # Open loop after the closed-loop runs of each repetition: requests at these shares of the
+    # images/s just measured at 1 connection (PNG), evenly spaced, whatever the answers.
+    open_loop: tuple[float, ...] = ()
     # The issue's targets: images/s at one connection, PNG, at least this share of the ceiling;
     # ahead of this stack (images/s and p99, PNG) at each concurrency; PNG answers under this
     # share of the JSON bytes.
     target_ceiling_share: float | None = None
-    target_ahead_of: str | None = None
+    # Ahead of each (stack, factor): images/s at least factor x theirs, p99 no higher.
+    target_ahead_of: tuple[tuple[str, float], ...] = ()
+    # The body is posted as multipart/form-data (field `image`) instead of raw bytes.
+    form: bool = False
     target_png_share: float | None = None
+    # At least this many times this stack's images/s (PNG, each concurrency), the ratio
+    # wanted on a CPU with bfloat16 first, then on any other.
+    target_faster_than: tuple[str, float, float] | None = None
+    # p99 at most this many times p50 at the highest open-loop share.
+    target_open_p99_over_p50: float | None = None
     short: str = ""  # how targets name it ("ahead of TorchServe"); the name if empty
 
 
@@ -116,7 +157,7 @@ def start_ours() -> None:
 
 
 OURS_VERSIONS = f"""{SEGSERVE_VENV}/bin/python -c 'from importlib.metadata import version as v; \\
-  print(*(f"{{p}} {{v(p)}}" for p in ("onnxruntime", "flask", "pyuwsgi")))'
+  print(*(f"{{p}} {{v(p)}}" for p in ("onnxruntime", "openvino", "flask", "pyuwsgi")))'
 """
 
 
@@ -127,15 +168,39 @@ def setup_ceiling(info: dict) -> None:
     sh(["docker", "cp", str(lab.HERE / "ceiling.py"), f"{APP1}:{BENCH_DIR}/ceiling.py"])
 
 
-def run_ceiling(backend: str, n: int) -> dict:
+def run_ceiling(candidate: str, n: int) -> dict:
+    """The ceiling of one candidate: a backend name, or `openvino <precision>`."""
+    backend, _, precision = candidate.partition(" ")
+    option = f" --precision {precision}" if precision else ""
     out = dexec(
         APP1,
         f"cd {BENCH_DIR} && {SEGSERVE_VENV}/bin/python ceiling.py image.jpg "
-        f"--backend {backend} -n {n} 2>/dev/null",
+        f"--backend {backend}{option} -n {n} 2>/dev/null",
         timeout=900,
     )
     line = next(x for x in out.splitlines() if x.startswith("CEILJSON "))
-    return json.loads(line[len("CEILJSON ") :])
+    result = json.loads(line[len("CEILJSON ") :])
+    result["backend"] = candidate
+    return result
+
+
+def openvino_precisions() -> list[str]:
+    """The OpenVINO precisions app1's CPU computes natively (as the service decides)."""
+    out = dexec(
+        APP1,
+        f"{SEGSERVE_VENV}/bin/python -c 'from segserve.openvino_backend import host_precisions; "
+        "print(*host_precisions())'",
+    )
+    return out.split()
+
+
+def served_backend() -> str:
+    """What the service behind nginx serves, as a ceiling names it (`openvino bf16`)."""
+    with urllib.request.urlopen(lb_url().replace("/v1/segment", "/v1/model"), timeout=30) as r:
+        model = json.load(r)
+    if model["backend"] == "openvino":
+        return f"openvino {model['precision']}"
+    return model["backend"]
 
 
 # -- the seeds' naive server ---------------------------------------------------------------
@@ -202,6 +267,12 @@ def setup_torchserve(info: dict) -> None:
 
 def install_torchserve() -> None:
     """Download the wheels here (app1 has no index), copy them in, install offline."""
+    install_offline(TS_VENV, TS_WHEELS)
+
+
+def install_offline(venv: str, wheels_wanted: list[str]) -> None:
+    """A venv on app1 that also sees the service's venv (a .pth file), with these wheels
+    downloaded here for app1's Python and installed there with --no-deps, offline."""
     wheels = LAB / "bench" / "wheels"
     wheels.mkdir(parents=True, exist_ok=True)
     platforms = []
@@ -225,7 +296,7 @@ def install_torchserve() -> None:
             "--abi",
             "cp311",
             *platforms,
-            *TS_WHEELS,
+            *wheels_wanted,
         ],
         capture=True,
     )
@@ -233,11 +304,11 @@ def install_torchserve() -> None:
     dexec(
         APP1,
         f"""set -e
-python3 -m venv {TS_VENV}
-site=$({TS_VENV}/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+python3 -m venv {venv}
+site=$({venv}/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 echo {SEGSERVE_VENV}/lib/python3.11/site-packages > $site/segserve-venv.pth
-{TS_VENV}/bin/pip install -q --disable-pip-version-check --no-index --no-deps \\
-  --find-links {BENCH_DIR}/wheels {" ".join(TS_WHEELS)}
+{venv}/bin/pip install -q --disable-pip-version-check --no-index --no-deps \\
+  --find-links {BENCH_DIR}/wheels {" ".join(wheels_wanted)}
 """,
         timeout=900,
     )
@@ -310,6 +381,53 @@ java -version 2>&1 | head -1
 """
 
 
+# -- LitServe -------------------------------------------------------------------------------
+
+
+def setup_litserve(info: dict) -> None:
+    sh(["docker", "cp", str(lab.HERE / "litserve" / "server.py"), f"{APP1}:{BENCH_DIR}/ls.py"])
+    if "ok" not in dexec(
+        APP1, f"{LS_VENV}/bin/python -c 'import litserve' >/dev/null 2>&1 && echo ok", check=False
+    ):
+        log("app1: LitServe venv (wheels from PyPI; onnxruntime from the service's venv)")
+        t = time.perf_counter()
+        install_offline(LS_VENV, LS_WHEELS)
+        info["litserve_install_s"] = time.perf_counter() - t
+
+
+def litserve_url() -> str:
+    return f"http://{lab.container_ip(APP1)}:{LS_PORT}/predict"
+
+
+def start_litserve() -> float:
+    t = time.perf_counter()
+    dexec(
+        APP1,
+        f"cd {BENCH_DIR} || exit 1; OMP_NUM_THREADS=1 setsid nohup {LS_VENV}/bin/python ls.py "
+        f"--port {LS_PORT} > logs/litserve.log 2>&1 < /dev/null & echo $! > {BENCH_DIR}/ls.pid",
+    )
+    lab.wait_http(APP1, f"http://127.0.0.1:{LS_PORT}/health", 120, want="ok")
+    took = time.perf_counter() - t
+    lab.warm(litserve_url(), 3, form=True)
+    return took
+
+
+def stop_litserve() -> None:
+    """The server, then any inference worker it left."""
+    lab.stop_pidfile("ls")
+    for i in range(20):
+        if not dexec(APP1, f"pgrep -f {LS_VENV}/bin/python", check=False).split():
+            return
+        dexec(APP1, f"pkill {'-9 ' if i > 10 else ''}-f {LS_VENV}/bin/python", check=False)
+        time.sleep(1)
+
+
+LITSERVE_VERSIONS = f"""
+echo litserve $({LS_VENV}/bin/pip show litserve 2>/dev/null | sed -n 's/^Version: //p') \
+  uvicorn $({LS_VENV}/bin/pip show uvicorn 2>/dev/null | sed -n 's/^Version: //p')
+"""
+
+
 # -- the registry --------------------------------------------------------------------------
 
 STACKS: tuple[Stack, ...] = (
@@ -338,8 +456,10 @@ STACKS: tuple[Stack, ...] = (
         ceiling="onnxruntime",
         versions=OURS_VERSIONS,
         target_ceiling_share=0.9,
-        target_ahead_of="torchserve",
+        target_ahead_of=(("torchserve", 1.0), ("litserve", 1.3)),
         target_png_share=0.01,
+        open_loop=(0.5, 0.8),
+        target_open_p99_over_p50=1.5,
     ),
     HttpStack(
         name="naive",
@@ -368,6 +488,22 @@ STACKS: tuple[Stack, ...] = (
         versions=TORCHSERVE_VERSIONS,
     ),
     HttpStack(
+        name="litserve",
+        label="LitServe 0.2, the same artifact and onnxruntime session, multipart in (app1)",
+        short="LitServe",
+        phase=Phase.TURNS,
+        url=litserve_url,
+        formats=("png",),
+        conns=(1, 2, 4),
+        setup=setup_litserve,
+        start=start_litserve,
+        stop=stop_litserve,
+        alone_on_app1=True,
+        ceiling="onnxruntime",
+        form=True,
+        versions=LITSERVE_VERSIONS,
+    ),
+    HttpStack(
         name="ours-torch",
         label="ours: nginx -> uWSGI, torch eager (app1 only)",
         phase=Phase.RECONVERGED,
@@ -375,7 +511,20 @@ STACKS: tuple[Stack, ...] = (
         app_vars=("uwsgi_app_backend=torch",),
         ceiling="torch",
         target_ceiling_share=0.9,
-        target_ahead_of="torchserve",
+        target_ahead_of=(("torchserve", 1.0),),
+    ),
+    HttpStack(
+        name="ours-chosen",
+        label="ours: nginx -> uWSGI, the backend app1 chose (uwsgi_app_backend=auto; app1 only)",
+        phase=Phase.RECONVERGED,
+        url=lb_url,
+        conns=(1, 2),
+        app_vars=("uwsgi_app_backend=auto",),
+        ceiling="chosen",
+        open_loop=(0.5, 0.8),
+        target_ceiling_share=0.95,
+        target_faster_than=("ours-onnx", 1.5, 1.0),
+        target_open_p99_over_p50=1.5,
     ),
 )
 BY_NAME = {s.name: s for s in STACKS}
@@ -383,9 +532,11 @@ HTTP_STACKS = tuple(s for s in STACKS if isinstance(s, HttpStack))
 CEILING = next(s for s in STACKS if isinstance(s, InProcessCeiling))
 
 
-def ceiling_backends() -> tuple[str, ...]:
-    """The backends the in-process ceiling is measured for: those the stacks are compared to."""
-    return tuple(dict.fromkeys(s.ceiling for s in HTTP_STACKS if s.ceiling))
+def ceiling_backends(openvino: list[str]) -> tuple[str, ...]:
+    """The candidates the in-process ceiling is measured for: the backends the stacks are
+    compared to, and OpenVINO at each precision the host computes (what `chosen` may be)."""
+    named = (s.ceiling for s in HTTP_STACKS if s.ceiling and s.ceiling != "chosen")
+    return tuple(dict.fromkeys(named)) + tuple(f"openvino {p}" for p in openvino)
 
 
 def chosen(names: list[str], phase: Phase) -> list[Stack]:
@@ -409,5 +560,6 @@ def setup_all() -> dict:
             stack.setup(info)
     script = "".join(s.versions for s in STACKS)
     info["versions"] = dexec(APP1, script, check=False).strip()
+    info["openvino_precisions"] = openvino_precisions()
     info["setup_s"] = time.perf_counter() - t0
     return info
