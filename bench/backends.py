@@ -35,7 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchlib import spawn_rate, write_report
+from benchlib import cpu_flags, spawn_rate, write_report
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -76,7 +76,8 @@ def make_handler(variant: str, weights: str, onnx_path: str, input_size: int):
         class ArgmaxBackend(TorchBackend):
             def infer(self, batch):
                 with torch.inference_mode():
-                    return self.model(batch)["out"].argmax(dim=1).to(torch.uint8)
+                    logits = self.model(torch.from_numpy(batch))["out"]
+                    return logits.argmax(dim=1).to(torch.uint8).numpy()
 
         backend = ArgmaxBackend(handler.weights, "cpu", handler.settings)
         handler.backend = backend
@@ -114,19 +115,6 @@ def openvino_gate(weights: str, onnx_path: str, variant: str, input_size: int):
     return gate.evaluate(eager, candidate, precision=precision, depth=depth, input_size=input_size)
 
 
-def cpu_flags() -> str:
-    """The flags of /proc/cpuinfo that bfloat16 and int8 kernels use, or 'none of them'."""
-    wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "amx_tile")
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next(
-                (line.split(":", 1)[1].split() for line in f if line.startswith("flags")), []
-            )
-    except OSError:
-        return "unknown"
-    return ", ".join(f for f in wanted if f in flags) or "none of them"
-
-
 def test_images(input_size: int) -> dict[str, bytes]:
     """A square JPEG (input_size x input_size, as bench/inprocess.py) and a 3:2 one."""
     from PIL import Image
@@ -146,13 +134,109 @@ def test_images(input_size: int) -> dict[str, bytes]:
     return out
 
 
-def one_request(handler, data: bytes) -> tuple[float, float]:
+STAGES = ("decode", "preprocess", "inference", "postprocess", "png", "total")
+
+
+def one_request(handler, data: bytes) -> dict[str, float]:
+    """Seconds of each stage of one request, as the handler times them, plus the PNG encode
+    and the total."""
     from segserve.images import encode_png
 
     started = time.perf_counter()
     result = handler.handle(data)
+    encoded = time.perf_counter()
     encode_png(result.mask)
-    return result.timings["inference"], time.perf_counter() - started
+    done = time.perf_counter()
+    return {**result.timings, "png": done - encoded, "total": done - started}
+
+
+def torch_preprocess(image, input_size: int):
+    """The preprocessing the service ran before its lookup table: torch operations over the
+    whole image (convert, divide, subtract, divide), kept here only to measure against."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from segserve.handler import MAX_ASPECT, MEAN, STD
+    from segserve.images import resized_size
+
+    target = resized_size(image.width, image.height, input_size, input_size * MAX_ASPECT)
+    if target != image.size:
+        image = image.resize(target, Image.Resampling.BILINEAR)
+    pixels = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy())
+    tensor = pixels.permute(2, 0, 1).float().div_(255.0)
+    tensor = tensor.sub_(torch.tensor(MEAN).view(3, 1, 1)).div_(torch.tensor(STD).view(3, 1, 1))
+    return tensor.unsqueeze(0).contiguous().numpy()
+
+
+def pillow_png(mask) -> bytes:
+    """The PNG encode the service ran before its own writer: Pillow, compression level 1."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(mask).save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def png_comparison(masks: dict, n: int) -> list[str]:
+    """Median ms and bytes of Pillow's encoder and the service's writer on the same masks,
+    interleaved, and whether both decode to the mask."""
+    import numpy as np
+    from PIL import Image
+
+    from segserve.images import encode_png
+
+    rows = []
+    for name, mask in masks.items():
+        timed = {"pillow": [], "ours": []}
+        for _ in range(n):
+            for path, fn in (("pillow", pillow_png), ("ours", encode_png)):
+                started = time.perf_counter()
+                fn(mask)
+                timed[path].append(time.perf_counter() - started)
+        same = all(
+            np.array_equal(np.asarray(Image.open(io.BytesIO(fn(mask)))), mask)
+            for fn in (pillow_png, encode_png)
+        )
+        before, after = (statistics.median(timed[k]) * 1000 for k in ("pillow", "ours"))
+        rows.append(
+            f"| {name} | {before:.2f} | {after:.2f} | {before / after:.2f}x "
+            f"| {len(pillow_png(mask)):,} | {len(encode_png(mask)):,} "
+            f"| {'yes' if same else 'NO'} |"
+        )
+    return rows
+
+
+def preprocess_comparison(images: dict[str, bytes], input_size: int, n: int) -> list[str]:
+    """Median ms of the two preprocessing paths on each decoded image, interleaved, and
+    whether they give the same bits. One image is given at 512x512 so that the resize to
+    `input_size` runs too."""
+    import numpy as np
+    from PIL import Image
+
+    from segserve.handler import to_batch
+
+    decoded = {}
+    for name, data in images.items():
+        with Image.open(io.BytesIO(data)) as image:
+            decoded[name] = image.convert("RGB")
+    first = next(iter(decoded.values()))
+    decoded["astronaut 512x512 (resized)"] = first.resize((512, 512), Image.Resampling.LANCZOS)
+    rows = []
+    for name, image in decoded.items():
+        timed = {"torch": [], "table": []}
+        for _ in range(n):
+            for path, fn in (("torch", torch_preprocess), ("table", to_batch)):
+                started = time.perf_counter()
+                fn(image, input_size)
+                timed[path].append(time.perf_counter() - started)
+        same = np.array_equal(torch_preprocess(image, input_size), to_batch(image, input_size))
+        before, after = (statistics.median(timed[k]) * 1000 for k in ("torch", "table"))
+        rows.append(
+            f"| {name} | {before:.2f} | {after:.2f} | {before / after:.2f}x "
+            f"| {'yes' if same else 'NO'} |"
+        )
+    return rows
 
 
 def _worker(variant, weights, onnx_path, input_size, data, n, barrier, results):
@@ -207,15 +291,17 @@ def main() -> int:
 
         images = test_images(args.input_size)
         handlers = {v: make_handler(v, weights, onnx_path, args.input_size) for v in names}
-        times = {(v, i): ([], []) for v in names for i in images}
+        times = {(v, i): {s: [] for s in STAGES} for v in names for i in images}
         for round_ in range(args.n):
             order = names[round_ % len(names) :] + names[: round_ % len(names)]
             for image, data in images.items():
                 for variant in order:
-                    inference, total = one_request(handlers[variant], data)
-                    times[variant, image][0].append(inference)
-                    times[variant, image][1].append(total)
+                    for stage, seconds in one_request(handlers[variant], data).items():
+                        times[variant, image][stage].append(seconds)
+        masks = {i: handlers["onnxruntime"].handle(data).mask for i, data in images.items()}
         del handlers
+        preprocess_rows = preprocess_comparison(images, args.input_size, args.n)
+        png_rows = png_comparison(masks, args.n)
 
         first = next(iter(images.values()))
         rates: dict[str, list[float]] = {v: [] for v in names}
@@ -230,6 +316,9 @@ def main() -> int:
 
     def ms(values: list[float]) -> float:
         return statistics.median(values) * 1000
+
+    def share(variant: str, image: str) -> float:
+        return ms(times[variant, image]["inference"]) / ms(times[variant, image]["total"])
 
     command = "python bench/backends.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     lines = [
@@ -256,8 +345,8 @@ def main() -> int:
         "|---|---|---:|---:|---:|---:|---:|",
     ]
     for image in images:
-        base_i = {v: ms(times[v, image][0]) for v in names}
-        base_t = {v: ms(times[v, image][1]) for v in names}
+        base_i = {v: ms(times[v, image]["inference"]) for v in names}
+        base_t = {v: ms(times[v, image]["total"]) for v in names}
         ort_i, ort_t = base_i["onnxruntime"], base_t["onnxruntime"]
         for v in names:
             lines.append(
@@ -265,7 +354,46 @@ def main() -> int:
                 f"| {ort_i / base_i[v]:.2f}x | {ort_t / base_t[v]:.2f}x "
                 f"| {base_i['torch'] / base_i[v]:.2f}x |"
             )
+    first_image = next(iter(images))
     lines += [
+        "",
+        f"## Stages of one request ({first_image}; ms, median of {args.n})",
+        "",
+        "What a request costs around the network, per backend: decode (JPEG to RGB), "
+        "preprocess (resize when needed, normalise to float32 NCHW), inference (network and "
+        "argmax), postprocess (mask back to the image's size), PNG encode.",
+        "",
+        "| Backend | " + " | ".join(STAGES) + " | inference share |",
+        "|---|" + "---:|" * (len(STAGES) + 1),
+        *(
+            f"| {v} | "
+            + " | ".join(f"{ms(times[v, first_image][s]):.2f}" for s in STAGES)
+            + f" | {share(v, first_image):.0%} |"
+            for v in names
+        ),
+        "",
+        "## Preprocessing: torch operations (before) against the lookup table (now)",
+        "",
+        "An 8-bit channel has 256 levels, so the service normalises with one table lookup per "
+        "pixel (segserve.handler.NORMALISE) instead of four float operations over the image; "
+        "the table holds the float32 results of the same operations, so the bits are equal. "
+        f"ms, median of {args.n}, interleaved:",
+        "",
+        "| Image | torch ops | lookup table | speed-up | same bits |",
+        "|---|---:|---:|---:|---|",
+        *preprocess_rows,
+        "",
+        "## PNG encode: Pillow (before) against the service's own writer (now)",
+        "",
+        "The masks the onnxruntime backend gave for the images above. Pillow picks a filter for "
+        "every row; the service writes filter type 0 and deflates with zlib's run-length "
+        f"strategy (segserve.images.encode_png). ms, median of {args.n}, interleaved; bytes of "
+        "the PNG; both decoded by Pillow and compared with the mask:",
+        "",
+        "| Mask | Pillow level 1 | own writer | speed-up | Pillow bytes | own bytes "
+        "| same pixels |",
+        "|---|---:|---:|---:|---:|---:|---|",
+        *png_rows,
         "",
         f"## Throughput, {args.procs} processes x 1 thread ({next(iter(images))}, "
         f"decode to PNG; {args.repeats} interleaved runs of {args.n} images per process)",
