@@ -169,6 +169,18 @@ def torch_preprocess(image, input_size: int):
     return tensor.unsqueeze(0).contiguous().numpy()
 
 
+def interleaved_ms(paths: dict, args: tuple, n: int) -> list[float]:
+    """Median ms of each callable in `paths` on the same arguments, n rounds, one call of each
+    after the other in every round (a busy spell hits all alike)."""
+    timed = {name: [] for name in paths}
+    for _ in range(n):
+        for name, fn in paths.items():
+            started = time.perf_counter()
+            fn(*args)
+            timed[name].append(time.perf_counter() - started)
+    return [statistics.median(t) * 1000 for t in timed.values()]
+
+
 def pillow_png(mask) -> bytes:
     """The PNG encode the service ran before its own writer: Pillow, compression level 1."""
     from PIL import Image
@@ -188,17 +200,11 @@ def png_comparison(masks: dict, n: int) -> list[str]:
 
     rows = []
     for name, mask in masks.items():
-        timed = {"pillow": [], "ours": []}
-        for _ in range(n):
-            for path, fn in (("pillow", pillow_png), ("ours", encode_png)):
-                started = time.perf_counter()
-                fn(mask)
-                timed[path].append(time.perf_counter() - started)
+        before, after = interleaved_ms({"pillow": pillow_png, "ours": encode_png}, (mask,), n)
         same = all(
             np.array_equal(np.asarray(Image.open(io.BytesIO(fn(mask)))), mask)
             for fn in (pillow_png, encode_png)
         )
-        before, after = (statistics.median(timed[k]) * 1000 for k in ("pillow", "ours"))
         rows.append(
             f"| {name} | {before:.2f} | {after:.2f} | {before / after:.2f}x "
             f"| {len(pillow_png(mask)):,} | {len(encode_png(mask)):,} "
@@ -224,14 +230,9 @@ def preprocess_comparison(images: dict[str, bytes], input_size: int, n: int) -> 
     decoded["astronaut 512x512 (resized)"] = first.resize((512, 512), Image.Resampling.LANCZOS)
     rows = []
     for name, image in decoded.items():
-        timed = {"torch": [], "table": []}
-        for _ in range(n):
-            for path, fn in (("torch", torch_preprocess), ("table", to_batch)):
-                started = time.perf_counter()
-                fn(image, input_size)
-                timed[path].append(time.perf_counter() - started)
+        paths = {"torch": torch_preprocess, "table": to_batch}
+        before, after = interleaved_ms(paths, (image, input_size), n)
         same = np.array_equal(torch_preprocess(image, input_size), to_batch(image, input_size))
-        before, after = (statistics.median(timed[k]) * 1000 for k in ("torch", "table"))
         rows.append(
             f"| {name} | {before:.2f} | {after:.2f} | {before / after:.2f}x "
             f"| {'yes' if same else 'NO'} |"

@@ -15,20 +15,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import time
 
-
-def read_env(path: str) -> dict[str, str]:
-    env = {}
-    with open(path) as fh:
-        for line in fh:
-            line = line.strip()
-            if line and not line.startswith("#") and "=" in line:
-                key, value = line.split("=", 1)
-                env[key] = value
-    return env
+import hostenv
 
 
 def main() -> None:
@@ -37,12 +27,11 @@ def main() -> None:
     parser.add_argument("--backend", default=None)
     parser.add_argument("--precision", default=None, help="fp32 or bf16 (openvino only)")
     parser.add_argument("-n", type=int, default=40)
-    parser.add_argument("--env-file", default="/etc/segserve/segserve.env")
+    parser.add_argument("--env-file", default=hostenv.ENV_FILE)
     args = parser.parse_args()
 
-    env = read_env(args.env_file)
-    for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[key] = env.get(key, "1")
+    env = hostenv.read_env(args.env_file)
+    hostenv.use_thread_settings(env)
     import torch
 
     from segserve.config import Settings
@@ -52,15 +41,7 @@ def main() -> None:
     threads = int(env.get("SEGSERVE_TORCH_THREADS", "1"))
     torch.set_num_threads(threads)
     torch.set_num_interop_threads(threads)
-    mapping = {k.removeprefix("SEGSERVE_"): v for k, v in env.items() if k.startswith("SEGSERVE_")}
-    if args.backend:
-        mapping["BACKEND"] = args.backend
-        if args.backend == "torch":
-            mapping.pop("ONNX_PATH", None)
-            mapping.pop("ONNX_SHA256", None)
-        # A choice record names the backend it chose: with another one forced it does not apply.
-        mapping.pop("BACKEND_CHOICE", None)
-        mapping["PRECISION"] = args.precision or "fp32"
+    mapping = hostenv.served_settings(env, args.backend, args.precision)
     handler = SegmentationHandler(Settings.from_mapping(mapping))
     handler.initialize()
     with open(args.image, "rb") as fh:

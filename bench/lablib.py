@@ -18,6 +18,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from hostenv import ENV_FILE, parse_env
 from provision import loadavg
 
 HERE = Path(__file__).resolve().parent
@@ -126,10 +127,7 @@ _ENV: dict[str, str] = {}
 def read_env() -> dict[str, str]:
     """Our service's settings on app1 (read once): the alternatives load the same weights."""
     if not _ENV:
-        for line in dexec(APP1, "cat /etc/segserve/segserve.env").splitlines():
-            if "=" in line and not line.startswith("#"):
-                k, v = line.split("=", 1)
-                _ENV[k] = v
+        _ENV.update(parse_env(dexec(APP1, f"cat {ENV_FILE}")))
     return _ENV
 
 
@@ -183,6 +181,16 @@ def wait_http(
     out = sh(["docker", "exec", container, "python3", "-c", script], check=False, capture=True)
     if out.returncode != 0:
         raise RuntimeError(f"{container}: {url} not ready in {timeout_s} s")
+
+
+def start_pidfile(name: str, command: str, *, env: str = "OMP_NUM_THREADS=1", prepare: str = ""):
+    """Start `command` in app1's BENCH_DIR, detached (setsid nohup), output to logs/NAME.log,
+    its pid in BENCH_DIR/NAME.pid for stop_pidfile. `env` prefixes it; `prepare` runs first."""
+    dexec(
+        APP1,
+        f"cd {BENCH_DIR} || exit 1; {prepare}{env} setsid nohup {command} "
+        f"> logs/{name}.log 2>&1 < /dev/null & echo $! > {BENCH_DIR}/{name}.pid",
+    )
 
 
 def stop_pidfile(name: str) -> None:
@@ -338,5 +346,5 @@ def open_loop(url: str, rate: float, duration: int, accept: str) -> dict:
 def choice_record() -> dict | None:
     """The backend choice record the service on app1 is given now, if any (read afresh:
     read_env's copy predates the reconverge)."""
-    path = dexec(APP1, "sed -n 's/^SEGSERVE_BACKEND_CHOICE=//p' /etc/segserve/segserve.env")
-    return json.loads(dexec(APP1, f"cat {path.strip()}")) if path.strip() else None
+    path = parse_env(dexec(APP1, f"cat {ENV_FILE}")).get("SEGSERVE_BACKEND_CHOICE")
+    return json.loads(dexec(APP1, f"cat {path}")) if path else None

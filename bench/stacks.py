@@ -216,11 +216,10 @@ def naive_url() -> str:
 
 def start_naive() -> None:
     env = lab.read_env()
-    dexec(
-        APP1,
-        f"cd {BENCH_DIR} || exit 1; OMP_NUM_THREADS=1 setsid nohup {SEGSERVE_VENV}/bin/python "
-        f"naive_server.py {env['SEGSERVE_WEIGHTS_PATH']} --port {NAIVE_PORT} "
-        f"> logs/naive.log 2>&1 < /dev/null & echo $! > {BENCH_DIR}/naive.pid",
+    lab.start_pidfile(
+        "naive",
+        f"{SEGSERVE_VENV}/bin/python naive_server.py {env['SEGSERVE_WEIGHTS_PATH']} "
+        f"--port {NAIVE_PORT}",
     )
     # It answers only POST /infer: any HTTP status means it listens.
     lab.wait_http(APP1, f"http://127.0.0.1:{NAIVE_PORT}/infer", 60, any_status=True)
@@ -345,14 +344,13 @@ def torchserve_url() -> str:
 
 def start_torchserve() -> float:
     t = time.perf_counter()
-    dexec(
-        APP1,
-        f"cd {BENCH_DIR} || exit 1; rm -rf logs/ts; mkdir -p logs/ts; "
-        f"OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 LOG_LOCATION={BENCH_DIR}/logs/ts "
-        f"METRICS_LOCATION={BENCH_DIR}/logs/ts PATH={TS_VENV}/bin:$PATH "
-        f"setsid nohup {TS_VENV}/bin/torchserve --foreground --ncs "
-        f"--disable-token-auth --ts-config config.properties --models seg=seg.mar "
-        f"> logs/torchserve.log 2>&1 < /dev/null & echo $! > {BENCH_DIR}/torchserve.pid",
+    lab.start_pidfile(
+        "torchserve",
+        f"{TS_VENV}/bin/torchserve --foreground --ncs --disable-token-auth "
+        "--ts-config config.properties --models seg=seg.mar",
+        env=f"OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 LOG_LOCATION={BENCH_DIR}/logs/ts "
+        f"METRICS_LOCATION={BENCH_DIR}/logs/ts PATH={TS_VENV}/bin:$PATH",
+        prepare="rm -rf logs/ts; mkdir -p logs/ts; ",
     )
     lab.wait_http(APP1, "http://127.0.0.1:8081/models/seg", 240, want='"status": "READY"')
     took = time.perf_counter() - t
@@ -401,11 +399,7 @@ def litserve_url() -> str:
 
 def start_litserve() -> float:
     t = time.perf_counter()
-    dexec(
-        APP1,
-        f"cd {BENCH_DIR} || exit 1; OMP_NUM_THREADS=1 setsid nohup {LS_VENV}/bin/python ls.py "
-        f"--port {LS_PORT} > logs/litserve.log 2>&1 < /dev/null & echo $! > {BENCH_DIR}/ls.pid",
-    )
+    lab.start_pidfile("litserve", f"{LS_VENV}/bin/python ls.py --port {LS_PORT}")
     lab.wait_http(APP1, f"http://127.0.0.1:{LS_PORT}/health", 120, want="ok")
     took = time.perf_counter() - t
     lab.warm(litserve_url(), 3, form=True)
@@ -414,7 +408,7 @@ def start_litserve() -> float:
 
 def stop_litserve() -> None:
     """The server, then any inference worker it left."""
-    lab.stop_pidfile("ls")
+    lab.stop_pidfile("litserve")
     for i in range(20):
         if not dexec(APP1, f"pgrep -f {LS_VENV}/bin/python", check=False).split():
             return
@@ -554,6 +548,8 @@ def setup_all() -> dict:
     t0 = time.perf_counter()
     dexec(APP1, f"mkdir -p {BENCH_DIR}/logs")
     sh(["docker", "cp", str(lab.IMAGE), f"{APP1}:{BENCH_DIR}/image.jpg"])
+    # What ceiling.py and the LitServe server import to read the service's settings.
+    sh(["docker", "cp", str(lab.HERE / "hostenv.py"), f"{APP1}:{BENCH_DIR}/hostenv.py"])
     info: dict = {}
     for stack in STACKS:
         if stack.setup:

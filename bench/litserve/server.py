@@ -1,6 +1,6 @@
 """LitServe serving the service's artifact with the service's runtime, for the benchmark.
 
-    python server.py --port 8090
+    python server.py --port 8090    (in app1's bench folder, beside hostenv.py)
 
 The peer on equal terms: the same converted ONNX artifact, run by the same onnxruntime
 session with the same thread settings (the service's own handler, built from the settings in
@@ -14,25 +14,12 @@ one of them, so the image goes in a form field `image`, as LitServe's own image 
 from __future__ import annotations
 
 import argparse
-import os
 
 from fastapi import Response
 
+import hostenv
 import litserve as ls
 from segserve.images import encode_png
-
-ENV_FILE = "/etc/segserve/segserve.env"
-
-
-def read_env(path: str) -> dict[str, str]:
-    env = {}
-    with open(path) as fh:
-        for line in fh:
-            line = line.strip()
-            if line and not line.startswith("#") and "=" in line:
-                key, value = line.split("=", 1)
-                env[key] = value
-    return env
 
 
 class SegmentAPI(ls.LitAPI):
@@ -42,11 +29,7 @@ class SegmentAPI(ls.LitAPI):
         from segserve.config import Settings
         from segserve.handler import SegmentationHandler
 
-        env = read_env(ENV_FILE)
-        prefix = "SEGSERVE_"
-        mapping = {k.removeprefix(prefix): v for k, v in env.items() if k.startswith(prefix)}
-        mapping.update(BACKEND="onnxruntime", PRECISION="fp32")
-        mapping.pop("BACKEND_CHOICE", None)
+        mapping = hostenv.served_settings(hostenv.read_env(), "onnxruntime", "fp32")
         self.handler = SegmentationHandler(Settings.from_mapping(mapping))
         self.handler.initialize()
 
@@ -66,9 +49,7 @@ def main() -> None:
     args = parser.parse_args()
     # The thread settings of the service's workers, inherited by the spawned worker before it
     # imports any runtime.
-    env = read_env(ENV_FILE)
-    for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[key] = env.get(key, "1")
+    hostenv.use_thread_settings(hostenv.read_env())
     server = ls.LitServer(
         SegmentAPI(api_path="/predict"),
         accelerator="cpu",
