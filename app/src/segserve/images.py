@@ -237,7 +237,7 @@ def encode_png(mask: np.ndarray) -> bytes:
     scanlines = np.zeros((height, width + 1), dtype=np.uint8)
     scanlines[:, 1:] = mask
     deflate = zlib.compressobj(1, zlib.DEFLATED, 15, 9, zlib.Z_RLE)
-    data = deflate.compress(scanlines.tobytes()) + deflate.flush()
+    data = deflate.compress(scanlines) + deflate.flush()  # the array itself: no bytes copy
     # IHDR: width, height, bit depth 8, colour type 0 (greyscale), deflate, adaptive
     # filtering method 0, no interlace.
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
