@@ -32,16 +32,18 @@ def main() -> None:
 
     env = hostenv.read_env(args.env_file)
     hostenv.use_thread_settings(env)
-    import torch
-
     from segserve.config import Settings
     from segserve.handler import SegmentationHandler
     from segserve.images import encode_png, mask_to_json
 
     threads = int(env.get("SEGSERVE_TORCH_THREADS", "1"))
-    torch.set_num_threads(threads)
-    torch.set_num_interop_threads(threads)
     mapping = hostenv.served_settings(env, args.backend, args.precision)
+    if mapping.get("BACKEND", "torch") == "torch":
+        # Only the torch ceiling needs torch (a CPU host serving the artifact may have none).
+        import torch
+
+        torch.set_num_threads(threads)
+        torch.set_num_interop_threads(threads)
     handler = SegmentationHandler(Settings.from_mapping(mapping))
     handler.initialize()
     with open(args.image, "rb") as fh:

@@ -11,6 +11,9 @@ import os
 
 ENV_FILE = "/etc/segserve/segserve.env"
 PREFIX = "SEGSERVE_"
+# A host serving the converted model has no weights file (its model is the artifact); the
+# torch stacks and ceiling load this copy of the lab's, which lablib.read_env puts there.
+BENCH_WEIGHTS = "/opt/segserve-bench/weights.pth"
 
 
 def parse_env(text: str) -> dict[str, str]:
@@ -47,6 +50,7 @@ def served_settings(
         if backend == "torch":
             mapping.pop("ONNX_PATH", None)
             mapping.pop("ONNX_SHA256", None)
+            mapping.setdefault("WEIGHTS_PATH", BENCH_WEIGHTS)
         # A choice record names the backend it chose: with another one forced it does not apply.
         mapping.pop("BACKEND_CHOICE", None)
         mapping["PRECISION"] = precision or "fp32"

@@ -18,7 +18,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from hostenv import ENV_FILE, parse_env
+from hostenv import BENCH_WEIGHTS, ENV_FILE, parse_env
 from provision import loadavg
 
 HERE = Path(__file__).resolve().parent
@@ -125,9 +125,23 @@ _ENV: dict[str, str] = {}
 
 
 def read_env() -> dict[str, str]:
-    """Our service's settings on app1 (read once): the alternatives load the same weights."""
+    """Our service's settings on app1 (read once): the alternatives load the same weights.
+    Where the service serves the converted model, app1 has no weights file: the lab's one with
+    the pinned sha256 is copied to BENCH_WEIGHTS for them."""
     if not _ENV:
         _ENV.update(parse_env(dexec(APP1, f"cat {ENV_FILE}")))
+        if "SEGSERVE_WEIGHTS_PATH" not in _ENV:
+            sha = _ENV["SEGSERVE_WEIGHTS_SHA256"]
+            source = next(
+                p
+                for p in (LAB / "weights").glob("*.pth")
+                if p.with_suffix(".pth.sha256").exists()
+                and p.with_suffix(".pth.sha256").read_text().strip() == sha
+            )
+            dexec(APP1, f"mkdir -p {os.path.dirname(BENCH_WEIGHTS)}")
+            sh(["docker", "cp", str(source), f"{APP1}:{BENCH_WEIGHTS}"])
+            dexec(APP1, f"chmod 0644 {BENCH_WEIGHTS}")
+            _ENV["SEGSERVE_WEIGHTS_PATH"] = BENCH_WEIGHTS
     return _ENV
 
 

@@ -182,8 +182,14 @@ def main() -> int:
         lab.sh(["scripts/lab", "up"])
     res["image_bytes"] = lab.make_image().stat().st_size
     # The stacks and their ceilings are onnxruntime's (bench/stacks.py): pinned, since the lab's
-    # default (auto) serves whichever backend each host's timing chose.
-    pinned = {"nginx_rate_limit_exempt": [lab.subnet()], "uwsgi_app_backend": "onnxruntime"}
+    # default (auto) serves whichever backend each host's timing chose. The hosts keep the lock
+    # with torch: the torch stack, its ceiling and TorchServe run on app1 from the service's
+    # virtualenv (a CPU host serving onnxruntime otherwise installs requirements-cpu.lock).
+    pinned = {
+        "nginx_rate_limit_exempt": [lab.subnet()],
+        "uwsgi_app_backend": "onnxruntime",
+        "uwsgi_app_artifact_requirements_file": str(lab.REPO / "app" / "requirements.lock"),
+    }
     bench_vars = [json.dumps(pinned)] + args.extra_vars
     res["extra_vars"] = bench_vars
     if not args.no_converge:

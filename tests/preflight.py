@@ -1,6 +1,7 @@
 """Run one task file of a role (its preflight, by default) with ansible-playbook on the
 controller, against localhost."""
 
+import hashlib
 import json
 import os
 import subprocess
@@ -97,9 +98,13 @@ all:
 
 
 def run_uwsgi_app_render(tmp_path: Path, play: str, **extra):
-    """Run `play` against localhost with every path of the uwsgi_app role under tmp_path."""
+    """Run `play` against localhost with every path of the uwsgi_app role under tmp_path. The
+    converted model is given as built elsewhere (no conversion runs): its bytes are never read
+    here, only its digest."""
     weights = tmp_path / "w.pth"
     weights.write_bytes(b"weights")
+    artifact = tmp_path / "model.onnx"
+    artifact.write_bytes(b"converted model")
     (tmp_path / "play.yml").write_text(play)
     (tmp_path / "hosts.yml").write_text(RENDER_INVENTORY)
     paths = {
@@ -107,6 +112,8 @@ def run_uwsgi_app_render(tmp_path: Path, play: str, **extra):
         "uwsgi_app_group": "root",
         "uwsgi_app_weights_src": str(weights),
         "uwsgi_app_weights_sha256": "0" * 64,
+        "uwsgi_app_onnx_src": str(artifact),
+        "uwsgi_app_onnx_sha256": hashlib.sha256(artifact.read_bytes()).hexdigest(),
         "__uwsgi_app_unit_file": str(tmp_path / "segserve.service"),
         "__uwsgi_app_restart_marker": str(tmp_path / "restart-pending"),
     }

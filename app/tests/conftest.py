@@ -105,15 +105,17 @@ def uwsgi_command(port: int) -> list[str]:
     ]  # fmt: skip
 
 
-def uwsgi_env(weights: Path, metrics_dir: Path | None, **extra: str) -> dict[str, str]:
+def uwsgi_env(weights: Path | None, metrics_dir: Path | None, **extra: str) -> dict[str, str]:
+    """The service's environment; `weights` None leaves SEGSERVE_WEIGHTS_PATH unset (an
+    artifact backend reads its model from the artifact)."""
     env = {
         k: v
         for k, v in os.environ.items()
         if not k.startswith("SEGSERVE_") and k != "PROMETHEUS_MULTIPROC_DIR"
     }
-    env.update(
-        SEGSERVE_WEIGHTS_PATH=str(weights), SEGSERVE_DEVICE="cpu", SEGSERVE_TORCH_THREADS="1"
-    )
+    env.update(SEGSERVE_DEVICE="cpu", SEGSERVE_TORCH_THREADS="1")
+    if weights is not None:
+        env["SEGSERVE_WEIGHTS_PATH"] = str(weights)
     if metrics_dir is not None:
         env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     env.update(extra)
@@ -121,7 +123,9 @@ def uwsgi_env(weights: Path, metrics_dir: Path | None, **extra: str) -> dict[str
 
 
 class UwsgiServer:
-    def __init__(self, weights: Path, workdir: Path, extra_args: tuple[str, ...] = (), **env: str):
+    def __init__(
+        self, weights: Path | None, workdir: Path, extra_args: tuple[str, ...] = (), **env: str
+    ):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = workdir / "uwsgi.log"

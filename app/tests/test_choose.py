@@ -21,17 +21,28 @@ pytest.importorskip("openvino")
 CLI = [sys.executable, "-m", "segserve.weights_cli"]
 
 
-def _cli(varied_weights, converted, out, *extra):
+@pytest.fixture(scope="module")
+def no_torch(tmp_path_factory):
+    """As on a CPU host (app/requirements-cpu.lock): torch cannot be imported, here or in the
+    timing processes (test_without_torch.py checks the blocker)."""
+    from test_without_torch import BLOCKER
+
+    site = tmp_path_factory.mktemp("no-torch")
+    (site / "sitecustomize.py").write_text(BLOCKER)
+    return {**os.environ, "PYTHONPATH": str(site)}
+
+
+def _cli(no_torch, converted, out, *extra):
     argv = [*CLI, "choose-backend", "--workers", "1", "--threads", "1", "--rounds", "1"]
     argv += ["--images", "2", "--input-size", str(INPUT_SIZE), *extra]
-    argv += [str(varied_weights), str(converted[0]), str(out)]
-    return subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    argv += ["--sha256", converted[3]["source_weights_sha256"], str(converted[0]), str(out)]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=600, env=no_torch)
 
 
 @pytest.fixture(scope="module")
-def measured(varied_weights, converted, tmp_path_factory):
+def measured(no_torch, converted, tmp_path_factory):
     out = tmp_path_factory.mktemp("choice") / "choice.json"
-    run = _cli(varied_weights, converted, out)
+    run = _cli(no_torch, converted, out)
     assert run.returncode == 0, run.stderr
     return out, run
 
@@ -53,21 +64,26 @@ def test_records_the_fastest_passing_candidate(measured, converted):
     assert chosen == (best if gain > 1 + choose.MIN_GAIN else choose.BASELINE)
     assert record["key"]["cpu"]["cores"] == len(os.sched_getaffinity(0))
     assert record["key"]["onnx_sha256"] == converted[1]
+    # The baseline's verdict is the conversion's, against eager PyTorch; the others were gated
+    # here against the baseline.
+    baseline = next(c for c in record["candidates"] if c["label"] == choose.BASELINE)
+    assert baseline["gate"]["measured"] == "at conversion, against eager PyTorch float32"
+    assert baseline["gate"]["decided_flips"] == int(converted[3]["decided_flips"])
 
 
-def test_second_run_times_nothing(measured, varied_weights, converted):
+def test_second_run_times_nothing(measured, no_torch, converted):
     out, first = measured
     before = out.read_text()
-    run = _cli(varied_weights, converted, out)
+    run = _cli(no_torch, converted, out)
     assert run.returncode == 0, run.stderr
     assert "is up to date" in run.stderr and "candidates:" not in run.stderr
     assert out.read_text() == before and run.stdout == first.stdout
 
 
-def test_another_layout_is_measured_again(measured, varied_weights, converted, tmp_path):
+def test_another_layout_is_measured_again(measured, no_torch, converted, tmp_path):
     out = tmp_path / "copy.json"
     out.write_text(measured[0].read_text())
-    run = _cli(varied_weights, converted, out, "--threshold", "0.98")
+    run = _cli(no_torch, converted, out, "--threshold", "0.98")
     assert run.returncode == 0, run.stderr
     assert "candidates:" in run.stderr and "written" in run.stderr
     assert json.loads(out.read_text())["key"]["threshold"] == 0.98
@@ -101,7 +117,7 @@ def test_a_candidate_that_fails_the_gate_is_not_timed(
     monkeypatch.setattr(choose, "gate_all", with_bf16_failing)
     out = tmp_path / "choice.json"
     record, measured = choose.choose(
-        str(varied_weights), str(converted[0]), str(out), workers=1, threads=1,
+        str(converted[0]), str(out), workers=1, threads=1,
         input_size=INPUT_SIZE, rounds=1, images=1,
     )  # fmt: skip
     assert measured
@@ -113,7 +129,7 @@ def test_a_candidate_that_fails_the_gate_is_not_timed(
 
 def _served(varied_weights, converted, record_path, backend, precision):
     return {
-        "WEIGHTS_PATH": str(varied_weights),
+        "WEIGHTS_SHA256": converted[3]["source_weights_sha256"],
         "DEVICE": "cpu",
         "INPUT_SIZE": INPUT_SIZE,
         "BACKEND": backend,

@@ -15,6 +15,7 @@ from PIL import Image
 from werkzeug.exceptions import HTTPException, NotFound
 
 from segserve import config, gpus, metrics
+from segserve.backends import ARTIFACT_BACKENDS
 from segserve.config import PREFIX, Settings, unknown_keys
 from segserve.errors import ServiceError, StartupError
 from segserve.handler import UNTRAINED_WARNING, SegmentationHandler
@@ -54,7 +55,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     try:
         settings = Settings.from_mapping(values)
         _check_process_model(settings)
-        _set_torch_threads(settings.torch_threads)
+        if settings.backend not in ARTIFACT_BACKENDS:
+            # The artifact backends set their own threads, and their hosts may have no torch.
+            _set_torch_threads(settings.torch_threads)
         # One limit for both: Flask refuses larger bodies before reading them, and Pillow's
         # own decompression-bomb check uses the pixel limit.
         app.config["MAX_CONTENT_LENGTH"] = settings.max_image_bytes

@@ -143,11 +143,13 @@ def read_onnx_metadata(session_or_path) -> dict[str, str]:
     return {k.removeprefix("segserve."): v for k, v in props.items() if k.startswith("segserve.")}
 
 
-def open_artifact(weights: WeightsFile, settings: Settings, load):
+def open_artifact(settings: Settings, load):
     """Check and load the converted artifact for an artifact backend: `load(path)` parses it
     and returns (runtime object, its segserve.* metadata). Returns (path, sha256, runtime
-    object, metadata). The sha256 is checked before the file is parsed, as for the weights;
-    the metadata must say it was converted from these very weights."""
+    object, metadata, the model it holds). The sha256 is checked before the file is parsed, as
+    for the weights; the metadata must name the weights the settings pin. No weights file is
+    read, and no torch imported: the artifact describes its model itself (model_from_artifact),
+    so a host serving it needs neither."""
     from segserve.weights import WeightsError, file_sha256
 
     path = settings.onnx_path
@@ -171,17 +173,26 @@ def open_artifact(weights: WeightsFile, settings: Settings, load):
             f"expected {ONNX_FORMAT!r}); make one with `segserve-weights export-onnx`"
         )
     source = meta.get("source_weights_sha256")
-    if source != weights.sha256:
+    if settings.weights_sha256 is not None and source != settings.weights_sha256:
         raise WeightsError(
             f"onnx artifact mismatch: {path} was converted from weights sha256 {source}, "
-            f"but {weights.path} has {weights.sha256}; convert again with "
-            f"`segserve-weights export-onnx {weights.path} {path}`"
+            f"but {config.WEIGHTS_SHA256.env} is {settings.weights_sha256}; convert those "
+            f"weights with `segserve-weights export-onnx WEIGHTS.pth {path}`"
         )
-    if meta.get("arch") != weights.arch:
+    if settings.weights_path is not None:
+        weights_sha = _weights_file_sha256(settings.weights_path)
+        if source != weights_sha:
+            raise WeightsError(
+                f"onnx artifact mismatch: {path} was converted from weights sha256 {source}, "
+                f"but {settings.weights_path} has {weights_sha}; convert again with "
+                f"`segserve-weights export-onnx {settings.weights_path} {path}`"
+            )
+    if settings.arch is not None and meta.get("arch") != settings.arch:
         raise WeightsError(
             f"onnx artifact mismatch: {path} holds {meta.get('arch')}, "
-            f"{weights.path} holds {weights.arch}"
+            f"{config.ARCH.env} asks for {settings.arch}"
         )
+    model = model_from_artifact(path, meta)
     if meta.get("agreement_forced") == "true":
         log.warning(
             "onnx artifact %s was written with --force past its agreement gate "
@@ -198,20 +209,67 @@ def open_artifact(weights: WeightsFile, settings: Settings, load):
             config.INPUT_SIZE.env,
             settings.input_size,
         )
-    return path, sha, runtime, meta
+    return path, sha, runtime, meta, model
+
+
+def _weights_file_sha256(path: str) -> str:
+    from segserve.weights import WeightsError, file_sha256
+
+    if not os.path.isfile(path):
+        raise WeightsError(f"weights file not found: {path}")
+    try:
+        return file_sha256(path)
+    except OSError as exc:
+        raise WeightsError(f"cannot read weights file {path}: {exc.strerror or exc}") from None
+
+
+def model_from_artifact(path: str, meta: dict[str, str]) -> WeightsFile:
+    """The model an artifact holds, as its metadata records it (architecture, classes, the
+    weights it was converted from and whether they are trained): what the service reports,
+    without the weights file. The tensors stay in the graph (state_dict is empty)."""
+    from segserve.models import ARCHS
+    from segserve.weights import WeightsError, WeightsFile
+
+    try:
+        categories = json.loads(meta["categories"])
+        num_classes = int(meta["num_classes"])
+    except (KeyError, TypeError, ValueError):
+        categories, num_classes = None, -1
+    if (
+        not isinstance(categories, list)
+        or len(categories) != num_classes
+        or meta.get("arch") not in ARCHS
+        or len(meta.get("source_weights_sha256", "")) != 64
+    ):
+        raise WeightsError(
+            f"{path} does not record its model (architecture, classes, source weights): it was "
+            "made by an older segserve-weights; convert again with `segserve-weights export-onnx`"
+        )
+    return WeightsFile(
+        path=meta.get("source_weights_name", path),
+        sha256=meta["source_weights_sha256"],
+        arch=meta["arch"],
+        num_classes=num_classes,
+        categories=tuple(str(c) for c in categories),
+        pretrained=meta.get("pretrained") == "true",
+        source=meta.get("weights_source", ""),
+        seed=None,
+        state_dict={},
+    )
 
 
 class OnnxRuntimeBackend:
     """The network converted by `segserve-weights export-onnx`, run by ONNX Runtime (CPU).
 
-    The artifact records the sha256 of the weights file it was converted from; it is used only
-    with that same file (SEGSERVE_WEIGHTS_PATH, checked against SEGSERVE_WEIGHTS_SHA256 first),
-    and its own sha256 can be pinned with SEGSERVE_ONNX_SHA256.
+    The artifact records the sha256 of the weights it was converted from, which must be the
+    pinned ones (SEGSERVE_WEIGHTS_SHA256, or the file at SEGSERVE_WEIGHTS_PATH), and describes
+    its model; its own sha256 can be pinned with SEGSERVE_ONNX_SHA256. `weights` is unused:
+    the model is the artifact's (self.weights).
     """
 
     name = "onnxruntime"
 
-    def __init__(self, weights: WeightsFile, device: str, settings: Settings):
+    def __init__(self, weights: WeightsFile | None, device: str, settings: Settings):
         if device != "cpu":
             raise StartupError(f"the onnxruntime backend runs on the CPU, not {device}")
         self.device = device
@@ -227,7 +285,9 @@ class OnnxRuntimeBackend:
             session = ort_session(path, settings.torch_threads)
             return session, read_onnx_metadata(session)
 
-        self.path, self.sha256, self.session, self.meta = open_artifact(weights, settings, load)
+        self.path, self.sha256, self.session, self.meta, self.weights = open_artifact(
+            settings, load
+        )
         self.ort_version = onnxruntime.__version__
         self.threads = settings.torch_threads
 
@@ -279,7 +339,7 @@ def equivalence_summary(meta: dict[str, str]) -> dict[str, Any]:
     }
 
 
-def _openvino(weights: WeightsFile, device: str, settings: Settings) -> Backend:
+def _openvino(weights: WeightsFile | None, device: str, settings: Settings) -> Backend:
     # Its own module: it is the only one that imports openvino, and only when chosen.
     from segserve.openvino_backend import OpenVinoBackend
 
@@ -296,6 +356,8 @@ ARTIFACT_BACKENDS = ("onnxruntime", "openvino")
 
 
 def create_backend(
-    name: str, weights: WeightsFile, device: str, settings: Settings | None = None
+    name: str, weights: WeightsFile | None, device: str, settings: Settings | None = None
 ) -> Backend:
+    """`weights`: the loaded weights file for torch; None for the artifact backends, whose
+    model is the artifact's (the backend's `weights`)."""
     return BACKENDS[name](weights, device, settings)

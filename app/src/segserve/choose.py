@@ -6,8 +6,12 @@ request time:
 1. The candidates: `onnxruntime fp32` (the baseline, always), `openvino fp32`, and
    `openvino bf16` where the CPU computes bfloat16 natively; one not installed or not
    supported here is recorded as skipped, with why.
-2. Each goes through the agreement gate (segserve.gate) against eager PyTorch float32 on the
-   gate's 12 photos; only those that pass may be chosen.
+2. Each goes through the agreement gate (segserve.gate) on the gate's 12 photos; only those
+   that pass may be chosen. The host has no torch (the artifact was built, and gated against
+   eager PyTorch float32, on the controller): the reference here is the baseline itself,
+   ONNX Runtime float32 on this host's CPU. That is one more correct float32 implementation,
+   which the gate's bound allows for by construction (its D * u_fp32 term); the baseline's
+   own verdict is the one recorded in the artifact at conversion.
 3. Those that pass are timed with the host's worker layout: `workers` processes of `threads`
    threads each (as uWSGI will run them), all serving a 520x520 photo from JPEG to PNG at
    once, in interleaved rounds (order rotated each round), images/s per round; medians.
@@ -158,26 +162,43 @@ def _runner(candidate: Candidate, onnx_path: str, threads: int):
     return run
 
 
-def _eager(weights_path: str):
-    import torch
+def _reference(onnx_path: str, threads: int):
+    """The gate's reference logits on this host: the artifact under ONNX Runtime float32."""
+    from segserve.backends import ONNX_INPUT, ONNX_LOGITS, ort_session
 
-    from segserve import weights as weights_mod
-    from segserve.models import build_model
-
-    source = weights_mod.load(weights_path)
-    model = build_model(source.arch, source.num_classes)
-    model.load_state_dict(source.state_dict)
-    model.eval()
-
-    def run(batch):
-        with torch.inference_mode():
-            return model(torch.from_numpy(batch))["out"].numpy()
-
-    return run
+    session = ort_session(onnx_path, threads)
+    return lambda batch: session.run([ONNX_LOGITS], {ONNX_INPUT: batch})[0]
 
 
-def gate_all(cands, weights_path, onnx_path, depth, input_size, threshold, threads):
-    reference = _eager(weights_path)
+def baseline_verdict(meta: dict[str, str]) -> dict[str, Any]:
+    """The baseline's gate, as the conversion measured it against eager PyTorch float32 and
+    recorded it in the artifact (gating it against itself here would prove nothing)."""
+    from segserve.backends import equivalence_summary
+
+    figures = equivalence_summary(meta)
+    forced = figures["forced"] or figures["gate"] != gate.GATE_VERSION
+    return {
+        "gate": figures["gate"],
+        "precision": "fp32",
+        "measured": "at conversion, against eager PyTorch float32",
+        "rounding_depth": figures["rounding_depth"],
+        "max_flip_share": round(1.0 - (figures["threshold"] or 1.0), 6),
+        "passes": not forced,
+        "pixel_agreement": figures["pixel_agreement"],
+        "min_image_agreement": figures["min_image_agreement"],
+        "decided_flips": figures["decided_flips"],
+        "max_abs_logit_diff": figures["max_abs_logit_diff"],
+        "failures": (
+            [f"the artifact was written past the {figures['gate']} gate (--force)"]
+            if forced
+            else []
+        ),
+    }
+
+
+def gate_all(cands, onnx_path, depth, input_size, threshold, threads):
+    """The gate of every candidate but the baseline, against the baseline on this host."""
+    reference = _reference(onnx_path, threads)
     return {
         c.label: gate.evaluate(
             reference,
@@ -188,20 +209,18 @@ def gate_all(cands, weights_path, onnx_path, depth, input_size, threshold, threa
             max_flip_share=1.0 - threshold,
         )
         for c in cands
+        if c.label != BASELINE
     }
 
 
 def _timing_worker(settings_values, labels, rounds, images, barrier, results):
     """One of `workers` processes: every candidate's handler built once, then the rounds,
     in step with the other processes (the barrier), each candidate in turn."""
-    import torch
-
     from segserve import samples
     from segserve.config import Settings
     from segserve.handler import SegmentationHandler
     from segserve.images import encode_png
 
-    torch.set_num_threads(int(settings_values["TORCH_THREADS"]))
     with open(samples.path("astronaut.jpg"), "rb") as f:
         data = f.read()
     handlers = {}
@@ -278,7 +297,6 @@ def log(text: str) -> None:
 
 
 def choose(
-    weights_path: str,
     onnx_path: str,
     out: str,
     *,
@@ -290,29 +308,30 @@ def choose(
     images: int = 8,
     expected_sha256: str | None = None,
 ) -> tuple[dict[str, Any], bool]:
-    """The record for this host, and whether it was measured now (False: it was up to date)."""
+    """The record for this host, and whether it was measured now (False: it was up to date).
+    `expected_sha256` pins the weights the artifact must have been converted from."""
     from segserve.backends import read_onnx_metadata
     from segserve.weights import WeightsError, file_sha256
 
-    for path, what in ((weights_path, "weights file"), (onnx_path, "onnx artifact")):
-        if not os.path.isfile(path):
-            raise WeightsError(f"{what} not found: {path}")
-    weights_sha = file_sha256(weights_path)
+    if not os.path.isfile(onnx_path):
+        raise WeightsError(f"onnx artifact not found: {onnx_path}")
+    onnx_sha = file_sha256(onnx_path)
+    meta = read_onnx_metadata(onnx_path)
+    weights_sha = meta.get("source_weights_sha256", "")
     if expected_sha256 and weights_sha != expected_sha256.lower():
         raise WeightsError(
-            f"sha256 mismatch: file {weights_path} has {weights_sha}, expected {expected_sha256}"
+            f"{onnx_path} was converted from weights sha256 {weights_sha or '(not recorded)'}, "
+            f"expected {expected_sha256}"
         )
-    onnx_sha = file_sha256(onnx_path)
     key = choice_key(weights_sha, onnx_sha, input_size, workers, threads, threshold)
     old = read_record(out)
     if old is not None and old.get("key") == key:
         return old, False
 
-    meta = read_onnx_metadata(onnx_path)
-    if meta.get("source_weights_sha256") != weights_sha or "rounding_depth" not in meta:
+    if "rounding_depth" not in meta or "gate" not in meta:
         raise ChoiceError(
-            f"{onnx_path} was not converted from {weights_path} by this version (no gate "
-            f"record for it): convert again with `segserve-weights export-onnx`"
+            f"{onnx_path} carries no gate record (made by an older version): convert again "
+            "with `segserve-weights export-onnx`"
         )
     started = time.perf_counter()
     runnable, skipped = available()
@@ -320,17 +339,17 @@ def choose(
     for label, why in skipped.items():
         log(f"skipped {label}: {why}")
     depth = int(meta["rounding_depth"])
-    gates = gate_all(runnable, weights_path, onnx_path, depth, input_size, threshold, threads)
-    for label, result in gates.items():
-        log(f"{label}:\n{result.table()}")
-    passing = [label for label, result in gates.items() if result.passes]
-    if BASELINE not in passing:
+    baseline = baseline_verdict(meta)
+    if not baseline["passes"]:
         raise ChoiceError(
-            f"the baseline {BASELINE} fails the agreement gate on this host: "
-            + "; ".join(gates[BASELINE].failures())
+            f"the baseline {BASELINE} has no passing gate: " + "; ".join(baseline["failures"])
         )
+    gates = gate_all(runnable, onnx_path, depth, input_size, threshold, threads)
+    for label, result in gates.items():
+        log(f"{label} against {BASELINE} on this host:\n{result.table()}")
+    verdicts = {BASELINE: baseline, **{label: r.summary() for label, r in gates.items()}}
+    passing = [label for label, verdict in verdicts.items() if verdict["passes"]]
     settings_values = {
-        "WEIGHTS_PATH": weights_path,
         "WEIGHTS_SHA256": weights_sha,
         "ONNX_PATH": onnx_path,
         "ONNX_SHA256": onnx_sha,
@@ -344,8 +363,8 @@ def choose(
     entries = []
     for label in CANDIDATES:
         entry: dict[str, Any] = {"label": label, "skipped": skipped.get(label)}
-        if label in gates:
-            entry["gate"] = gates[label].summary()
+        if label in verdicts:
+            entry["gate"] = verdicts[label]
         if label in rates:
             median = statistics.median(rates[label])
             entry["images_per_s"] = [round(r, 2) for r in rates[label]]
@@ -363,7 +382,9 @@ def choose(
         },
         "baseline": BASELINE,
         "min_gain": MIN_GAIN,
-        "reference": "eager PyTorch float32",
+        "reference": (
+            f"{BASELINE} on this host, itself gated against eager PyTorch float32 at conversion"
+        ),
         "timing": {
             "workers": workers,
             "threads": threads,

@@ -120,12 +120,15 @@ _PARSERS = {"text": _text, "sha256": _sha256, "choice": _choice, "int": _int, "p
 
 # --- The settings ------------------------------------------------------------------------
 WEIGHTS_PATH = Setting(
-    "WEIGHTS_PATH", "text", None, required=True, shown_default="(required)", expect="a path",
-    help="the path of a weights file (make one with `segserve-weights init OUT.pth`)",
+    "WEIGHTS_PATH", "text", None, shown_default="(required with `torch`)", expect="a path",
+    help="the path of a weights file (make one with `segserve-weights init OUT.pth`); the "
+    "artifact backends need no weights file (their artifact describes the model), and check "
+    "one given here against the artifact's source",
 )  # fmt: skip
 WEIGHTS_SHA256 = Setting(
     "WEIGHTS_SHA256", "sha256", None,
-    help="expected sha256 of the weights file; a mismatch refuses to start",
+    help="expected sha256 of the weights file, or of the weights an artifact was converted "
+    "from; a mismatch refuses to start",
 )  # fmt: skip
 ARCH = Setting(
     "ARCH", "choice", None, choices=_archs,
@@ -219,6 +222,21 @@ def _check_together(settings: Any) -> None:
     from segserve.backends import ARTIFACT_BACKENDS
 
     backend = settings.backend
+    if backend not in ARTIFACT_BACKENDS and settings.weights_path is None:
+        raise ConfigError(
+            f"{WEIGHTS_PATH.env} is required with {BACKEND.env}={backend}: the path of a "
+            "weights file (make one with `segserve-weights init OUT.pth`)"
+        )
+    if (
+        backend in ARTIFACT_BACKENDS
+        and settings.weights_path is None
+        and settings.weights_sha256 is None
+    ):
+        # The artifact names the weights it was converted from; one of these pins them.
+        raise ConfigError(
+            f"{BACKEND.env}={backend} needs {WEIGHTS_SHA256.env} (the sha256 of the weights "
+            f"the artifact was converted from) or {WEIGHTS_PATH.env}"
+        )
     if backend in ARTIFACT_BACKENDS and settings.onnx_path is None:
         raise ConfigError(
             f"{BACKEND.env}={backend} needs {ONNX_PATH.env}: the artifact made by "

@@ -173,6 +173,9 @@ def export_onnx(
             "source_weights_name": os.path.basename(weights.path),
             "arch": weights.arch,
             "num_classes": str(weights.num_classes),
+            # What the service reports of the model, read from here where no weights file
+            # (and no torch) is installed: see segserve.backends.model_from_artifact.
+            "categories": json.dumps(list(weights.categories)),
             "pretrained": str(weights.pretrained).lower(),
             "weights_source": weights.source,
             "precision": "float32",

@@ -70,10 +70,15 @@ class SegmentationHandler:
         self.placement = gpus.place(device, s.gpu_count)
         gpus.check_visible(self.placement)
         self.device = self.placement.label
-        self.weights = weights_mod.load(
-            s.weights_path, expected_sha256=s.weights_sha256, expected_arch=s.arch
-        )
-        self.backend = create_backend(s.backend, self.weights, self.placement.torch_device, s)
+        if s.backend in ARTIFACT_BACKENDS:
+            # The artifact describes its model: no weights file to load, no torch needed.
+            self.backend = create_backend(s.backend, None, self.placement.torch_device, s)
+            self.weights = self.backend.weights
+        else:
+            self.weights = weights_mod.load(
+                s.weights_path, expected_sha256=s.weights_sha256, expected_arch=s.arch
+            )
+            self.backend = create_backend(s.backend, self.weights, self.placement.torch_device, s)
         self.choice = None
         if s.backend_choice is not None:
             from segserve import choose
@@ -159,14 +164,12 @@ class SegmentationHandler:
 
     def build_info(self) -> dict[str, str]:
         """Versions of what serves, for operators: the labels of /metrics' segserve_build_info."""
-        import torch
-        import torchvision
-
         return {
             "app_version": app_version(),
-            "torch": torch.__version__,
-            "torchvision": torchvision.__version__,
-            # Installed or not, whichever backend runs; "" when it is not installed.
+            # Installed or not, whichever backend runs; "" when it is not installed (a CPU
+            # host serving the converted model has no torch).
+            "torch": _distribution_version("torch") or "",
+            "torchvision": _distribution_version("torchvision") or "",
             "onnxruntime": _distribution_version("onnxruntime") or "",
             "openvino": _distribution_version("openvino") or "",
             "backend": self.settings.backend,

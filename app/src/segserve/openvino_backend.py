@@ -83,7 +83,7 @@ def model_metadata(model) -> dict[str, str]:
 class OpenVinoBackend:
     name = "openvino"
 
-    def __init__(self, weights: WeightsFile, device: str, settings: Settings):
+    def __init__(self, weights: WeightsFile | None, device: str, settings: Settings):
         if device != "cpu":
             raise StartupError(f"the openvino backend runs on the CPU, not {device}")
         self.device = device
@@ -108,7 +108,8 @@ class OpenVinoBackend:
             model, compiled = compile_artifact(path, self.precision, self.threads, core)
             return compiled, model_metadata(model)
 
-        self.path, self.sha256, compiled, self.meta = open_artifact(weights, settings, load)
+        # `weights` is unused: the model is the artifact's (self.weights).
+        self.path, self.sha256, compiled, self.meta, self.weights = open_artifact(settings, load)
         self.request = compiled.create_infer_request()
         self.output = compiled.output(ONNX_CLASS_IDS)
         self.ov_version = openvino.__version__

@@ -5,7 +5,7 @@
     segserve-weights export-onnx [--input-size N] [--threshold F] [--force] [--if-changed]
                                  IN.pth OUT.onnx      convert for SEGSERVE_BACKEND=onnxruntime
     segserve-weights choose-backend --workers N --threads T [--input-size N] [--threshold F]
-                                 IN.pth IN.onnx OUT.json   time the backends on this host
+                                 IN.onnx OUT.json   time the backends on this host (no torch)
     segserve-weights info   [--json] FILE             a weights file or an ONNX artifact
 
 init, export and export-onnx print only the written file's sha256 (64 hex digits) on stdout, so that
@@ -156,6 +156,8 @@ def _onnx_is_current(args: argparse.Namespace) -> bool:
         and meta.get("agreement_threshold") == str(args.threshold)
         and meta.get("gate") == GATE_VERSION
         and meta.get("agreement_forced") == "false"
+        # Older artifacts lack it, and a host without torch needs it (model_from_artifact).
+        and "categories" in meta
     )
     if current:
         print(f"{args.out} is up to date (converted from {weights_sha})", file=sys.stderr)
@@ -167,7 +169,6 @@ def _choose_backend(args: argparse.Namespace) -> int:
     from segserve import choose
 
     record, measured = choose.choose(
-        args.weights,
         args.onnx,
         args.out,
         workers=args.workers,
@@ -349,9 +350,8 @@ def _parser() -> argparse.ArgumentParser:
         default=8,
         help="images per worker per round (default 8)",
     )
-    p.add_argument("--sha256", help="expected sha256 of IN.pth")
-    p.add_argument("weights", metavar="IN.pth", help="the weights file the service loads")
-    p.add_argument("onnx", metavar="IN.onnx", help="its artifact (segserve-weights export-onnx)")
+    p.add_argument("--sha256", help="expected sha256 of the weights IN.onnx was converted from")
+    p.add_argument("onnx", metavar="IN.onnx", help="the artifact the service loads (export-onnx)")
     p.add_argument("out", metavar="OUT.json", help="the record; reused when still valid")
     p.set_defaults(func=_choose_backend)
 

@@ -103,8 +103,8 @@ def test_wrong_weights_sha256_stops_the_service(client, report):
     wait_ready(app)
     report.add(
         "Wrong weights digest",
-        "A weights file with another sha256 stops the service from starting, with a clear log"
-        " line.",
+        "Weights with another sha256 than the converted model was made from stop the service"
+        " from starting, with a clear log line.",
         None,
         [
             f"app2 with SEGSERVE_WEIGHTS_SHA256=000...0: `{refusal.strip()[:240]}`",

@@ -118,10 +118,35 @@ def test_bad_input_gets_json_error_and_service_survives(host):
     assert json.loads(curl(host, f"{HEALTH}/readyz"))
 
 
-def test_weights_readable_by_service_only(host):
-    weights = host.check_output("ls /opt/segserve/weights/*.pth")
-    f = host.file(weights)
+def env_value(host, key):
+    env = host.file("/etc/segserve/segserve.env").content_string
+    return next(line.split("=", 1)[1] for line in env.splitlines() if line.startswith(key + "="))
+
+
+def test_converted_model_pinned_and_readable_by_service_only(host):
+    """Made on the controller and shipped like the weights: named by its sha256, which the
+    service environment pins; the host has no weights file to load (no torch to load it)."""
+    path = env_value(host, "SEGSERVE_ONNX_PATH")
+    sha = env_value(host, "SEGSERVE_ONNX_SHA256")
+    f = host.file(path)
     assert f.user == "root" and f.group == "segserve" and f.mode == 0o640
+    assert path == f"/opt/segserve/weights/{sha}.onnx" and f.sha256sum == sha
+    assert host.run("ls /opt/segserve/weights/*.pth").rc != 0
+    assert "SEGSERVE_WEIGHTS_PATH=" not in host.file("/etc/segserve/segserve.env").content_string
+
+
+def test_cpu_host_virtualenv_has_no_torch_and_fits(host):
+    """A CPU host serving the converted model installs requirements-cpu.lock: no torch, no
+    CUDA wheels, and a virtualenv of at most 600 MB (one with torch is about 5.7 GB)."""
+    venv = "/opt/segserve/venv"
+    listed = json.loads(host.check_output(f"{venv}/bin/python -m pip list --format=json"))
+    names = {p["name"].lower() for p in listed}
+    assert not names & {"torch", "torchvision", "triton"}, names
+    assert not [n for n in names if n.startswith(("nvidia", "cuda"))], names
+    assert {"onnxruntime", "openvino", "flask"} <= names
+    size_mb = int(host.check_output(f"du -sm {venv}").split()[0])
+    print(f"virtualenv: {size_mb} MB")
+    assert size_mb <= 600, f"{venv} is {size_mb} MB"
 
 
 def test_firewall_rejects_non_lb_source(host):
