@@ -5,6 +5,8 @@ wheelhouse holds exactly the bytes the lock names. No network needed."""
 import hashlib
 import os
 import re
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -94,3 +96,28 @@ def test_the_torch_floor_has_the_weights_only_fix():
     floor = re.search(r">=\s*([0-9.]+)", torch)
     assert floor, torch
     assert tuple(int(p) for p in floor.group(1).split(".")[:2]) >= (2, 6), torch
+
+
+CPU_LOCK = REPO / "app" / "requirements-cpu.lock"
+
+
+def test_the_cpu_lock_is_written_from_the_lock():
+    """requirements-cpu.lock is tools/lock_subset.py's output: the full lock's own entries
+    (hashes included) for what the app and its `cpu` extra need, never an edited copy."""
+    run = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "lock_subset.py"), "--check"],
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 0, run.stderr
+
+
+def test_the_cpu_lock_has_no_torch_and_every_pin_the_service_needs():
+    cpu = {
+        canonical(m.group(1))
+        for m in re.finditer(r"(?m)^([A-Za-z0-9][A-Za-z0-9._-]*)==", CPU_LOCK.read_text())
+    }
+    assert not cpu & {"torch", "torchvision", "triton", "onnx", "sympy"}, cpu
+    assert not [n for n in cpu if n.startswith(("nvidia", "cuda"))], cpu
+    assert {"flask", "pillow", "numpy", "pyuwsgi", "onnxruntime", "openvino"} <= cpu
+    assert cpu <= set(pins()), "every pin comes from the full lock"
