@@ -99,8 +99,8 @@ all:
 
 def run_uwsgi_app_render(tmp_path: Path, play: str, **extra):
     """Run `play` against localhost with every path of the uwsgi_app role under tmp_path. The
-    converted model is given as built elsewhere (no conversion runs): its bytes are never read
-    here, only its digest."""
+    converted model is given as built elsewhere (no conversion runs), on a controller without
+    segserve-weights: only its digest is read (tests/test_uwsgi_app_artifact.py checks one)."""
     weights = tmp_path / "w.pth"
     weights.write_bytes(b"weights")
     artifact = tmp_path / "model.onnx"
@@ -114,6 +114,7 @@ def run_uwsgi_app_render(tmp_path: Path, play: str, **extra):
         "uwsgi_app_weights_sha256": "0" * 64,
         "uwsgi_app_onnx_src": str(artifact),
         "uwsgi_app_onnx_sha256": hashlib.sha256(artifact.read_bytes()).hexdigest(),
+        "uwsgi_app_controller_weights_tool": str(tmp_path / "no-segserve-weights"),
         "__uwsgi_app_unit_file": str(tmp_path / "segserve.service"),
         "__uwsgi_app_restart_marker": str(tmp_path / "restart-pending"),
     }

@@ -40,12 +40,16 @@ def canonical(name: str) -> str:
 
 
 def lock_entries(text: str) -> dict[str, str]:
-    """{canonical name: the pin's whole entry, continuation lines included}."""
+    """{canonical name: the pin's whole entry, continuation lines included}; the comments
+    between entries belong to the full lock's layout, not to a pin, and are left out."""
     entries: dict[str, str] = {}
     for entry in re.split(r"\n(?=[A-Za-z0-9])", text):
         pin = PIN.match(entry)
         if pin:
-            entries[canonical(pin.group(1))] = entry.rstrip("\n") + "\n"
+            lines = [
+                ln for ln in entry.splitlines() if ln.strip() and not ln.lstrip().startswith("#")
+            ]
+            entries[canonical(pin.group(1))] = "\n".join(lines) + "\n"
     return entries
 
 

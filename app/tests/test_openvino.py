@@ -3,6 +3,7 @@ CPU computes it, bfloat16; each precision through the agreement gate against eag
 
 from __future__ import annotations
 
+import base64
 import io
 
 import numpy as np
@@ -145,3 +146,36 @@ def test_refuses_an_artifact_of_other_weights(varied_weights, converted, tmp_pat
     w.save(w.init_payload("lraspp_mobilenet_v3_large", 1), other)
     with pytest.raises(w.WeightsError, match="was converted from weights sha256"):
         create_app({**_settings(varied_weights, converted), "WEIGHTS_PATH": str(other)})
+
+
+@pytest.mark.parametrize("precision", ["fp32", *(["bf16"] if HAS_BF16 else [])])
+@pytest.mark.parametrize("channels", ["RGB", "BGR"])
+def test_the_recorded_reference_gives_the_live_verdict(
+    varied_weights, converted, precision, channels
+):
+    """A host without torch gates against what the conversion recorded of eager PyTorch: the
+    same flips, undecided and decided flips, pixel for pixel, as against eager itself, for a
+    candidate that passes and for one that must fail."""
+    transform = (lambda b: b) if channels == "RGB" else (lambda b: b[:, ::-1].copy())
+    live = _gate(varied_weights, converted, precision, transform=transform)
+    recorded = gate.evaluate_recorded(
+        base64.b64decode(converted[3]["gate_reference"]),
+        _openvino(converted, precision, transform=transform),
+        precision=precision,
+        input_size=INPUT_SIZE,
+    )
+    fields = ("name", "pixels", "flips", "undecided", "decided_flips", "bound", "classes")
+    assert [[getattr(i, f) for f in fields] for i in recorded.images] == [
+        [getattr(i, f) for f in fields] for i in live.images
+    ]
+    assert recorded.passes == live.passes == (channels == "RGB"), recorded.table()
+
+
+def test_the_recorded_reference_refuses_another_input_size(converted):
+    with pytest.raises(ValueError, match="recorded at input size"):
+        gate.evaluate_recorded(
+            base64.b64decode(converted[3]["gate_reference"]),
+            _openvino(converted, "fp32"),
+            precision="fp32",
+            input_size=INPUT_SIZE + 8,
+        )

@@ -6,12 +6,10 @@ request time:
 1. The candidates: `onnxruntime fp32` (the baseline, always), `openvino fp32`, and
    `openvino bf16` where the CPU computes bfloat16 natively; one not installed or not
    supported here is recorded as skipped, with why.
-2. Each goes through the agreement gate (segserve.gate) on the gate's 12 photos; only those
-   that pass may be chosen. The host has no torch (the artifact was built, and gated against
-   eager PyTorch float32, on the controller): the reference here is the baseline itself,
-   ONNX Runtime float32 on this host's CPU. That is one more correct float32 implementation,
-   which the gate's bound allows for by construction (its D * u_fp32 term); the baseline's
-   own verdict is the one recorded in the artifact at conversion.
+2. Each, the baseline included, goes through the agreement gate (segserve.gate) on the
+   gate's 12 photos, run here on this host's CPU; only those that pass may be chosen. The
+   reference is eager PyTorch float32 as the conversion recorded it in the artifact (each
+   pixel's class and decided level): the host has no torch, and needs none for the gate.
 3. Those that pass are timed with the host's worker layout: `workers` processes of `threads`
    threads each (as uWSGI will run them), all serving a 520x520 photo from JPEG to PNG at
    once, in interleaved rounds (order rotated each round), images/s per round; medians.
@@ -162,54 +160,36 @@ def _runner(candidate: Candidate, onnx_path: str, threads: int):
     return run
 
 
-def _reference(onnx_path: str, threads: int):
-    """The gate's reference logits on this host: the artifact under ONNX Runtime float32."""
-    from segserve.backends import ONNX_INPUT, ONNX_LOGITS, ort_session
+def recorded_reference(meta: dict[str, str], input_size: int) -> bytes:
+    """What the conversion recorded of eager PyTorch on the gate's photos (base64 in the
+    artifact's metadata), at the input size the service runs."""
+    import base64
 
-    session = ort_session(onnx_path, threads)
-    return lambda batch: session.run([ONNX_LOGITS], {ONNX_INPUT: batch})[0]
+    if "gate_reference" not in meta:
+        raise ChoiceError(
+            "the artifact carries no recorded gate reference (made by an older version): "
+            "convert again with `segserve-weights export-onnx`"
+        )
+    if meta.get("checked_input_size") != str(input_size):
+        raise ChoiceError(
+            f"the artifact's gate reference was recorded at input size "
+            f"{meta.get('checked_input_size')}, not {input_size}: convert it with "
+            f"`segserve-weights export-onnx --input-size {input_size}`"
+        )
+    return base64.b64decode(meta["gate_reference"])
 
 
-def baseline_verdict(meta: dict[str, str]) -> dict[str, Any]:
-    """The baseline's gate, as the conversion measured it against eager PyTorch float32 and
-    recorded it in the artifact (gating it against itself here would prove nothing)."""
-    from segserve.backends import equivalence_summary
-
-    figures = equivalence_summary(meta)
-    forced = figures["forced"] or figures["gate"] != gate.GATE_VERSION
+def gate_all(cands, onnx_path, recorded, input_size, threshold, threads):
+    """Every candidate's gate on this host, against eager PyTorch as recorded."""
     return {
-        "gate": figures["gate"],
-        "precision": "fp32",
-        "measured": "at conversion, against eager PyTorch float32",
-        "rounding_depth": figures["rounding_depth"],
-        "max_flip_share": round(1.0 - (figures["threshold"] or 1.0), 6),
-        "passes": not forced,
-        "pixel_agreement": figures["pixel_agreement"],
-        "min_image_agreement": figures["min_image_agreement"],
-        "decided_flips": figures["decided_flips"],
-        "max_abs_logit_diff": figures["max_abs_logit_diff"],
-        "failures": (
-            [f"the artifact was written past the {figures['gate']} gate (--force)"]
-            if forced
-            else []
-        ),
-    }
-
-
-def gate_all(cands, onnx_path, depth, input_size, threshold, threads):
-    """The gate of every candidate but the baseline, against the baseline on this host."""
-    reference = _reference(onnx_path, threads)
-    return {
-        c.label: gate.evaluate(
-            reference,
+        c.label: gate.evaluate_recorded(
+            recorded,
             _runner(c, onnx_path, threads),
             precision=c.precision,
-            depth=depth,
             input_size=input_size,
             max_flip_share=1.0 - threshold,
         )
         for c in cands
-        if c.label != BASELINE
     }
 
 
@@ -328,27 +308,21 @@ def choose(
     if old is not None and old.get("key") == key:
         return old, False
 
-    if "rounding_depth" not in meta or "gate" not in meta:
-        raise ChoiceError(
-            f"{onnx_path} carries no gate record (made by an older version): convert again "
-            "with `segserve-weights export-onnx`"
-        )
+    recorded = recorded_reference(meta, input_size)
     started = time.perf_counter()
     runnable, skipped = available()
     log(f"candidates: {', '.join(c.label for c in runnable)}")
     for label, why in skipped.items():
         log(f"skipped {label}: {why}")
-    depth = int(meta["rounding_depth"])
-    baseline = baseline_verdict(meta)
-    if not baseline["passes"]:
-        raise ChoiceError(
-            f"the baseline {BASELINE} has no passing gate: " + "; ".join(baseline["failures"])
-        )
-    gates = gate_all(runnable, onnx_path, depth, input_size, threshold, threads)
+    gates = gate_all(runnable, onnx_path, recorded, input_size, threshold, threads)
     for label, result in gates.items():
-        log(f"{label} against {BASELINE} on this host:\n{result.table()}")
-    verdicts = {BASELINE: baseline, **{label: r.summary() for label, r in gates.items()}}
-    passing = [label for label, verdict in verdicts.items() if verdict["passes"]]
+        log(f"{label}:\n{result.table()}")
+    passing = [label for label, result in gates.items() if result.passes]
+    if BASELINE not in passing:
+        raise ChoiceError(
+            f"the baseline {BASELINE} fails the agreement gate on this host: "
+            + "; ".join(gates[BASELINE].failures())
+        )
     settings_values = {
         "WEIGHTS_SHA256": weights_sha,
         "ONNX_PATH": onnx_path,
@@ -363,8 +337,8 @@ def choose(
     entries = []
     for label in CANDIDATES:
         entry: dict[str, Any] = {"label": label, "skipped": skipped.get(label)}
-        if label in verdicts:
-            entry["gate"] = verdicts[label]
+        if label in gates:
+            entry["gate"] = gates[label].summary()
         if label in rates:
             median = statistics.median(rates[label])
             entry["images_per_s"] = [round(r, 2) for r in rates[label]]
@@ -382,9 +356,7 @@ def choose(
         },
         "baseline": BASELINE,
         "min_gain": MIN_GAIN,
-        "reference": (
-            f"{BASELINE} on this host, itself gated against eager PyTorch float32 at conversion"
-        ),
+        "reference": "eager PyTorch float32, as the conversion recorded it in the artifact",
         "timing": {
             "workers": workers,
             "threads": threads,

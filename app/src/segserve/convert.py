@@ -15,7 +15,10 @@ at request time. The steps:
    may have more than 1 - `threshold` of its pixels changed. When it fails, nothing is
    written unless `force` is given, which the artifact records.
 3. Record provenance in the ONNX model's metadata_props (keys `segserve.*`): the source
-   weights' sha256, arch, input-size policy, the figures and the images they were measured on.
+   weights' sha256, arch, classes, input-size policy, the figures and the images they were
+   measured on, and what the gate reads of eager PyTorch on those images (each pixel's class
+   and up to which precision it is decided: segserve.gate.record_reference), so that a host
+   without torch gates its candidates against the same reference.
    In the model file itself rather than a sidecar, so the figures can never be separated from
    or paired with the wrong graph, the artifact's own sha256 covers them, and the service reads
    them through onnxruntime alone (`onnx` is needed for the conversion, not for serving).
@@ -27,6 +30,7 @@ stays meaningful because every decided pixel counts, and the tests run it on
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import warnings
@@ -161,6 +165,9 @@ def export_onnx(
             max_flip_share=1.0 - threshold,
             images=images,
         )
+        # What the gate reads of eager PyTorch, for the hosts that gate their candidates and
+        # have no torch (segserve.choose): base64 in the metadata, covered by the sha256.
+        recorded = gate.record_reference(eager, depth=depth, input_size=input_size, images=images)
         if not figures.passes and not force:
             raise ConversionError(
                 "converted model fails the agreement gate against eager PyTorch float32: "
@@ -193,6 +200,7 @@ def export_onnx(
             "agreement_threshold": str(threshold),
             "agreement_forced": str(not figures.passes).lower(),
             "equivalence_images": json.dumps(figures.image_records()),
+            "gate_reference": base64.b64encode(recorded).decode("ascii"),
             "exporter": f"torch.onnx.export(dynamo=False, opset_version={OPSET})",
             "torch_version": torch.__version__,
         }

@@ -1,7 +1,9 @@
 """The agreement gate: may a runtime, at a precision, serve in place of eager PyTorch float32?
 
 Every candidate (ONNX Runtime float32 at conversion, OpenVINO float32 or bfloat16 on a host)
-goes through the same gate, on the same real photos, against the same reference logits.
+goes through the same gate, on the same real photos, against the same reference: eager
+PyTorch float32, run at conversion, and on a host (which has no torch) read from what the
+conversion recorded of it in the artifact (record_reference, evaluate_recorded).
 
 Why not "share of pixels that agree" alone: float32 runtimes agree on 99.9999% of pixels, but
 a bfloat16 one cannot, and the share it reaches says more about the weights than about the
@@ -41,6 +43,8 @@ The constants are fixed here, before any candidate is measured, and the same for
 
 from __future__ import annotations
 
+import io
+import json
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -82,7 +86,7 @@ class ImageGate:
     undecided: int  # pixels whose reference margin is within the bound
     decided_flips: int  # flips outside the bound: must be 0
     bound: float  # in logits
-    max_abs_logit_diff: float
+    max_abs_logit_diff: float | None  # None against a recorded reference (no logits kept)
     classes: int  # classes present in the reference mask
 
     @property
@@ -106,8 +110,9 @@ class GateResult:
         return min(i.agreement for i in self.images)
 
     @property
-    def max_abs_logit_diff(self) -> float:
-        return max(i.max_abs_logit_diff for i in self.images)
+    def max_abs_logit_diff(self) -> float | None:
+        diffs = [i.max_abs_logit_diff for i in self.images]
+        return None if None in diffs else max(diffs)
 
     @property
     def decided_flips(self) -> int:
@@ -145,7 +150,7 @@ class GateResult:
             "pixel_agreement": round(self.pixel_agreement, 6),
             "min_image_agreement": round(self.min_image_agreement, 6),
             "decided_flips": self.decided_flips,
-            "max_abs_logit_diff": float(f"{self.max_abs_logit_diff:.6g}"),
+            "max_abs_logit_diff": _rounded(self.max_abs_logit_diff),
             "failures": self.failures(),
         }
 
@@ -160,20 +165,28 @@ class GateResult:
         for i in self.images:
             lines.append(
                 f"{i.name:<26} {i.size:>9} {i.agreement:>10.5%} {i.flips:>6} {i.undecided:>9} "
-                f"{i.decided_flips:>13} {i.bound:>9.3g} {i.max_abs_logit_diff:>11.3g} "
+                f"{i.decided_flips:>13} {i.bound:>9.3g} {_shown(i.max_abs_logit_diff)} "
                 f"{i.classes:>7}"
             )
         verdict = "passes" if self.passes else "FAILS: " + "; ".join(self.failures())
         lines.append(
             f"{'overall':<26} {'':>9} {self.pixel_agreement:>10.5%} "
             f"{sum(i.flips for i in self.images):>6} {sum(i.undecided for i in self.images):>9} "
-            f"{self.decided_flips:>13} {'':>9} {self.max_abs_logit_diff:>11.3g}"
+            f"{self.decided_flips:>13} {'':>9} {_shown(self.max_abs_logit_diff)}"
         )
         lines.append(
             f"gate {GATE_VERSION}, {self.precision}, rounding depth {self.depth}, at most "
             f"{self.max_flip_share:.2%} of an image's pixels: {verdict}"
         )
         return "\n".join(lines)
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else float(f"{value:.6g}")
+
+
+def _shown(value: float | None) -> str:
+    return f"{'-':>11}" if value is None else f"{value:>11.3g}"
 
 
 def evaluate(
@@ -228,3 +241,103 @@ def onnx_rounding_depth(proto) -> int:
     """D of the bound: the rounding nodes of an ONNX graph (top level; the exported
     segmentation networks have no subgraphs)."""
     return sum(1 for node in proto.graph.node if node.op_type in ROUNDING_OPS)
+
+
+# --- The reference, recorded -------------------------------------------------------------
+# A host that serves the converted model has no torch, so it cannot run eager PyTorch. The
+# conversion (which has it) records what the gate reads of the reference, per photo and pixel:
+# its class, and up to which precision its margin is decided (0: undecided even at float32,
+# 1: decided at float32 only, 2: at bfloat16 too; the bounds grow in that order). The gate on
+# the host then compares a candidate's class ids with these: the same rule, the same photos,
+# the same reference as at conversion, without the logits.
+REFERENCE_FORMAT = "segserve-gate-reference/1"
+
+
+def record_reference(
+    reference: Runner,
+    *,
+    depth: int,
+    input_size: int,
+    images: Iterable[tuple[str, Image.Image]] | None = None,
+) -> bytes:
+    """The reference's classes and decided levels on the gate's photos, as compressed bytes."""
+    from segserve.convert import equivalence_images
+    from segserve.handler import to_batch
+
+    index: dict[str, Any] = {
+        "format": REFERENCE_FORMAT,
+        "depth": depth,
+        "input_size": input_size,
+        "precisions": list(PRECISIONS),
+        "images": [],
+    }
+    arrays: dict[str, np.ndarray] = {}
+    for n, (name, image) in enumerate(images if images is not None else equivalence_images()):
+        batch = to_batch(image, input_size)
+        ref = np.asarray(reference(batch), dtype=np.float32)
+        top2 = np.sort(ref, axis=1)[:, -2:]
+        margin = top2[:, 1] - top2[:, 0]
+        bounds = {p: rounding_bound(p, depth, ref) for p in PRECISIONS}
+        level = sum((margin > bounds[p]).astype(np.uint8) for p in PRECISIONS)
+        arrays[f"ids{n}"] = ref.argmax(axis=1).astype(np.uint8)
+        arrays[f"level{n}"] = level.astype(np.uint8)
+        index["images"].append(
+            {"name": name, "size": f"{batch.shape[3]}x{batch.shape[2]}", "bounds": bounds}
+        )
+    arrays["index"] = np.frombuffer(json.dumps(index).encode(), dtype=np.uint8)
+    out = io.BytesIO()
+    np.savez_compressed(out, **arrays)
+    return out.getvalue()
+
+
+def evaluate_recorded(
+    recorded: bytes,
+    candidate: Runner,
+    *,
+    precision: str,
+    input_size: int,
+    max_flip_share: float = DEFAULT_MAX_FLIP_SHARE,
+    images: Iterable[tuple[str, Image.Image]] | None = None,
+) -> GateResult:
+    """The gate against a recorded reference (record_reference): the same verdict as evaluate
+    against the live one, from the candidate's class ids alone (no logit difference)."""
+    from segserve.convert import equivalence_images
+    from segserve.handler import to_batch
+
+    if precision not in UNIT_ROUNDOFF:
+        raise ValueError(f"unknown precision {precision!r}: one of {', '.join(PRECISIONS)}")
+    with np.load(io.BytesIO(recorded), allow_pickle=False) as data:
+        arrays = {key: data[key] for key in data.files}
+    index = json.loads(arrays["index"].tobytes())
+    if index.get("format") != REFERENCE_FORMAT:
+        raise ValueError(f"not a recorded gate reference ({index.get('format')!r})")
+    if index["input_size"] != input_size:
+        raise ValueError(
+            f"the reference was recorded at input size {index['input_size']}, not {input_size}"
+        )
+    needed = index["precisions"].index(precision) + 1
+    photos = list(images if images is not None else equivalence_images())
+    if [name for name, _ in photos] != [i["name"] for i in index["images"]]:
+        raise ValueError("the reference was recorded on other photos than the gate's")
+    result = GateResult(precision=precision, depth=index["depth"], max_flip_share=max_flip_share)
+    for n, ((name, image), meta) in enumerate(zip(photos, index["images"], strict=True)):
+        batch = to_batch(image, input_size)
+        out = candidate(batch)
+        out_ids = out[0] if isinstance(out, tuple) else np.asarray(out).argmax(axis=1)
+        ref_ids, level = arrays[f"ids{n}"], arrays[f"level{n}"]
+        flipped = np.asarray(out_ids) != ref_ids
+        undecided = level < needed
+        result.images.append(
+            ImageGate(
+                name=name,
+                size=meta["size"],
+                pixels=int(ref_ids.size),
+                flips=int(flipped.sum()),
+                undecided=int(undecided.sum()),
+                decided_flips=int((flipped & ~undecided).sum()),
+                bound=meta["bounds"][precision],
+                max_abs_logit_diff=None,
+                classes=len(np.unique(ref_ids)),
+            )
+        )
+    return result

@@ -156,8 +156,10 @@ def _onnx_is_current(args: argparse.Namespace) -> bool:
         and meta.get("agreement_threshold") == str(args.threshold)
         and meta.get("gate") == GATE_VERSION
         and meta.get("agreement_forced") == "false"
-        # Older artifacts lack it, and a host without torch needs it (model_from_artifact).
+        # Older artifacts lack these, and a host without torch needs them: its model's
+        # description (model_from_artifact) and the gate's reference (segserve.choose).
         and "categories" in meta
+        and "gate_reference" in meta
     )
     if current:
         print(f"{args.out} is up to date (converted from {weights_sha})", file=sys.stderr)
@@ -221,6 +223,9 @@ def _onnx_info(args: argparse.Namespace) -> int:
     if meta.get("format") != ONNX_FORMAT:
         raise WeightsError(f"{args.file} is not a segserve onnx artifact")
     meta = {"path": args.file, **meta, "sha256": file_sha256(args.file)}
+    # Bytes for the gate on hosts, not for reading: shown by size.
+    if "gate_reference" in meta:
+        meta["gate_reference"] = f"{len(meta['gate_reference']) * 3 // 4} bytes"
     if args.json:
         meta["equivalence_images"] = json.loads(meta.get("equivalence_images", "[]"))
         print(json.dumps(meta, indent=2))
