@@ -166,10 +166,10 @@ class SegmentationHandler:
         """Versions of what serves, for operators: the labels of /metrics' segserve_build_info."""
         return {
             "app_version": app_version(),
-            # Installed or not, whichever backend runs; "" when it is not installed (a CPU
-            # host serving the converted model has no torch).
-            "torch": _distribution_version("torch") or "",
-            "torchvision": _distribution_version("torchvision") or "",
+            # "" when not installed, whichever backend runs (a CPU host serving the converted
+            # model has no torch); torch's own version string where it serves (it names the
+            # CUDA build, e.g. 2.14.1+cu130).
+            **_torch_versions(self.settings.backend),
             "onnxruntime": _distribution_version("onnxruntime") or "",
             "openvino": _distribution_version("openvino") or "",
             "backend": self.settings.backend,
@@ -187,6 +187,18 @@ UNTRAINED_WARNING = (
 def app_version() -> str:
     # "unknown" when running from a source tree that was never installed.
     return _distribution_version("segserve") or "unknown"
+
+
+def _torch_versions(backend: str) -> dict[str, str]:
+    if backend in ARTIFACT_BACKENDS:
+        return {
+            "torch": _distribution_version("torch") or "",
+            "torchvision": _distribution_version("torchvision") or "",
+        }
+    import torch
+    import torchvision
+
+    return {"torch": torch.__version__, "torchvision": torchvision.__version__}
 
 
 def _distribution_version(name: str) -> str | None:
