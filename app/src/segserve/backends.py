@@ -135,10 +135,20 @@ def ort_session(path: str, threads: int):
 
 
 def read_onnx_metadata(session_or_path) -> dict[str, str]:
-    """The segserve.* entries of an artifact's metadata_props, without the prefix."""
+    """The segserve.* entries of an artifact's metadata_props, without the prefix. From a path,
+    through a session with no graph optimisation: reading the metadata needs none, and an
+    optimised session costs seconds (what `export-onnx --if-changed` and `choose-backend` pay
+    on every deploy)."""
     session = session_or_path
     if isinstance(session_or_path, (str, os.PathLike)):
-        session = ort_session(os.fspath(session_or_path), 1)
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        options.log_severity_level = 3
+        session = ort.InferenceSession(
+            os.fspath(session_or_path), options, providers=["CPUExecutionProvider"]
+        )
     props = session.get_modelmeta().custom_metadata_map
     return {k.removeprefix("segserve."): v for k, v in props.items() if k.startswith("segserve.")}
 

@@ -296,6 +296,14 @@ def choose(
     if not os.path.isfile(onnx_path):
         raise WeightsError(f"onnx artifact not found: {onnx_path}")
     onnx_sha = file_sha256(onnx_path)
+    # A record is written only after the artifact's weights were checked against the key's:
+    # with the weights pinned, a record whose key matches (the artifact's sha256 included)
+    # needs no second look inside the artifact.
+    if expected_sha256:
+        key = choice_key(expected_sha256.lower(), onnx_sha, input_size, workers, threads, threshold)
+        old = read_record(out)
+        if old is not None and old.get("key") == key:
+            return old, False
     meta = read_onnx_metadata(onnx_path)
     weights_sha = meta.get("source_weights_sha256", "")
     if expected_sha256 and weights_sha != expected_sha256.lower():

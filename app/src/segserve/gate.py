@@ -219,22 +219,35 @@ def evaluate(
         top2 = np.sort(ref, axis=1)[:, -2:]
         margin = top2[:, 1] - top2[:, 0]
         bound = rounding_bound(precision, depth, ref)
-        flipped = np.asarray(out_ids) != ref_ids
-        undecided = margin <= bound
         result.images.append(
-            ImageGate(
-                name=name,
-                size=f"{batch.shape[3]}x{batch.shape[2]}",
-                pixels=int(ref_ids.size),
-                flips=int(flipped.sum()),
-                undecided=int(undecided.sum()),
-                decided_flips=int((flipped & ~undecided).sum()),
-                bound=bound,
-                max_abs_logit_diff=float(np.abs(out - ref).max()),
-                classes=len(np.unique(ref_ids)),
+            _image_gate(
+                name,
+                f"{batch.shape[3]}x{batch.shape[2]}",
+                ref_ids,
+                out_ids,
+                margin <= bound,
+                bound,
+                float(np.abs(out - ref).max()),
             )
         )
     return result
+
+
+def _image_gate(name, size, ref_ids, out_ids, undecided, bound, max_abs_logit_diff) -> ImageGate:
+    """One photo's counts: the candidate's classes against the reference's, and which of the
+    changed pixels were decided (one accounting for the live and the recorded reference)."""
+    flipped = np.asarray(out_ids) != ref_ids
+    return ImageGate(
+        name=name,
+        size=size,
+        pixels=int(ref_ids.size),
+        flips=int(flipped.sum()),
+        undecided=int(undecided.sum()),
+        decided_flips=int((flipped & ~undecided).sum()),
+        bound=bound,
+        max_abs_logit_diff=max_abs_logit_diff,
+        classes=len(np.unique(ref_ids)),
+    )
 
 
 def onnx_rounding_depth(proto) -> int:
@@ -325,19 +338,9 @@ def evaluate_recorded(
         out = candidate(batch)
         out_ids = out[0] if isinstance(out, tuple) else np.asarray(out).argmax(axis=1)
         ref_ids, level = arrays[f"ids{n}"], arrays[f"level{n}"]
-        flipped = np.asarray(out_ids) != ref_ids
         undecided = level < needed
+        bound = meta["bounds"][precision]
         result.images.append(
-            ImageGate(
-                name=name,
-                size=meta["size"],
-                pixels=int(ref_ids.size),
-                flips=int(flipped.sum()),
-                undecided=int(undecided.sum()),
-                decided_flips=int((flipped & ~undecided).sum()),
-                bound=meta["bounds"][precision],
-                max_abs_logit_diff=None,
-                classes=len(np.unique(ref_ids)),
-            )
+            _image_gate(name, meta["size"], ref_ids, out_ids, undecided, bound, None)
         )
     return result
