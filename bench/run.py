@@ -188,7 +188,7 @@ def main() -> int:
     pinned = {
         "nginx_rate_limit_exempt": [lab.subnet()],
         "uwsgi_app_backend": "onnxruntime",
-        "uwsgi_app_artifact_requirements_file": str(lab.REPO / "app" / "requirements.lock"),
+        "uwsgi_app_artifact_requirements_file": str(lab.ROOT / "app" / "requirements.lock"),
     }
     bench_vars = [json.dumps(pinned)] + args.extra_vars
     res["extra_vars"] = bench_vars
