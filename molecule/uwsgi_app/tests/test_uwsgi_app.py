@@ -135,6 +135,16 @@ def test_converted_model_pinned_and_readable_by_service_only(host):
     assert "SEGSERVE_WEIGHTS_PATH=" not in host.file("/etc/segserve/segserve.env").content_string
 
 
+def test_a_lock_change_removes_what_the_new_lock_does_not_pin(host):
+    """side_effect.yml left mpmath (pinned only by the lock with torch) in the virtualenv and
+    made its requirements record stale, as an upgrade from a torch host does; the deploy after
+    it must have removed it, and still serve."""
+    assert host.file("/root/molecule-leftover-planted").exists, "side_effect.yml did not run"
+    listed = host.check_output("/opt/segserve/venv/bin/python -m pip list --format=json")
+    assert "mpmath" not in {p["name"].lower() for p in json.loads(listed)}
+    assert json.loads(curl(host, f"{HEALTH}/readyz"))
+
+
 def test_cpu_host_virtualenv_has_no_torch_and_fits(host):
     """A CPU host serving the converted model installs requirements-cpu.lock: no torch, no
     CUDA wheels, and a virtualenv of at most 600 MB (one with torch is about 5.7 GB)."""
