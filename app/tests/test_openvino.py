@@ -164,10 +164,13 @@ def test_the_recorded_reference_gives_the_live_verdict(
         precision=precision,
         input_size=INPUT_SIZE,
     )
-    fields = ("name", "pixels", "flips", "undecided", "decided_flips", "bound", "classes")
+    fields = ("name", "pixels", "flips", "undecided", "decided_flips", "classes")
     assert [[getattr(i, f) for f in fields] for i in recorded.images] == [
         [getattr(i, f) for f in fields] for i in live.images
     ]
+    # The bounds come from eager's logits in two processes (the conversion's and this one),
+    # whose float32 sums may differ in the last bits with the thread count.
+    assert [i.bound for i in recorded.images] == pytest.approx([i.bound for i in live.images])
     assert recorded.passes == live.passes == (channels == "RGB"), recorded.table()
 
 
