@@ -115,19 +115,24 @@ def class_ids(logits: torch.Tensor) -> torch.Tensor:
     return ids
 
 
-def ort_session(path: str, threads: int):
+def ort_session(path: str, threads: int, *, optimise: bool = True):
     """An ONNX Runtime CPU session set up for one worker among several on a few cores:
     `threads` intra-op threads, 1 inter-op thread (sequential execution), no spinning (idle
     pool threads would otherwise busy-wait and take the other workers' cores), all graph
     optimisations (the layout transforms of level 'all' halve the cost here; basic and
-    extended were no faster than no optimisation at all)."""
+    extended were no faster than no optimisation at all). `optimise=False` for a session that
+    only reads the metadata: optimising costs seconds and serves no inference there."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.graph_optimization_level = (
+        ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if optimise
+        else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    )
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     options.log_severity_level = 3  # errors only: its warnings are not the service's log
@@ -141,14 +146,7 @@ def read_onnx_metadata(session_or_path) -> dict[str, str]:
     on every deploy)."""
     session = session_or_path
     if isinstance(session_or_path, (str, os.PathLike)):
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        options.log_severity_level = 3
-        session = ort.InferenceSession(
-            os.fspath(session_or_path), options, providers=["CPUExecutionProvider"]
-        )
+        session = ort_session(os.fspath(session_or_path), 1, optimise=False)
     props = session.get_modelmeta().custom_metadata_map
     return {k.removeprefix("segserve."): v for k, v in props.items() if k.startswith("segserve.")}
 
@@ -160,7 +158,7 @@ def open_artifact(settings: Settings, load):
     for the weights; the metadata must name the weights the settings pin. No weights file is
     read, and no torch imported: the artifact describes its model itself (model_from_artifact),
     so a host serving it needs neither."""
-    from segserve.weights import WeightsError, file_sha256
+    from segserve.weights import WeightsError, file_sha256, weights_file_sha256
 
     path = settings.onnx_path
     if path is None or not os.path.isfile(path):
@@ -190,7 +188,7 @@ def open_artifact(settings: Settings, load):
             f"weights with `segserve-weights export-onnx WEIGHTS.pth {path}`"
         )
     if settings.weights_path is not None:
-        weights_sha = _weights_file_sha256(settings.weights_path)
+        weights_sha = weights_file_sha256(settings.weights_path)
         if source != weights_sha:
             raise WeightsError(
                 f"onnx artifact mismatch: {path} was converted from weights sha256 {source}, "
@@ -220,17 +218,6 @@ def open_artifact(settings: Settings, load):
             settings.input_size,
         )
     return path, sha, runtime, meta, model
-
-
-def _weights_file_sha256(path: str) -> str:
-    from segserve.weights import WeightsError, file_sha256
-
-    if not os.path.isfile(path):
-        raise WeightsError(f"weights file not found: {path}")
-    try:
-        return file_sha256(path)
-    except OSError as exc:
-        raise WeightsError(f"cannot read weights file {path}: {exc.strerror or exc}") from None
 
 
 def model_from_artifact(path: str, meta: dict[str, str]) -> WeightsFile:

@@ -298,23 +298,21 @@ def choose(
     onnx_sha = file_sha256(onnx_path)
     # A record is written only after the artifact's weights were checked against the key's:
     # with the weights pinned, a record whose key matches (the artifact's sha256 included)
-    # needs no second look inside the artifact.
-    if expected_sha256:
-        key = choice_key(expected_sha256.lower(), onnx_sha, input_size, workers, threads, threshold)
-        old = read_record(out)
-        if old is not None and old.get("key") == key:
-            return old, False
-    meta = read_onnx_metadata(onnx_path)
-    weights_sha = meta.get("source_weights_sha256", "")
-    if expected_sha256 and weights_sha != expected_sha256.lower():
-        raise WeightsError(
-            f"{onnx_path} was converted from weights sha256 {weights_sha or '(not recorded)'}, "
-            f"expected {expected_sha256}"
-        )
+    # needs no look inside the artifact; unpinned, the artifact names them.
+    meta = None if expected_sha256 else read_onnx_metadata(onnx_path)
+    weights_sha = (
+        expected_sha256.lower() if expected_sha256 else meta.get("source_weights_sha256", "")
+    )
     key = choice_key(weights_sha, onnx_sha, input_size, workers, threads, threshold)
     old = read_record(out)
     if old is not None and old.get("key") == key:
         return old, False
+    meta = meta or read_onnx_metadata(onnx_path)
+    if meta.get("source_weights_sha256") != weights_sha:
+        raise WeightsError(
+            f"{onnx_path} was converted from weights sha256 "
+            f"{meta.get('source_weights_sha256') or '(not recorded)'}, expected {expected_sha256}"
+        )
 
     recorded = recorded_reference(meta, input_size)
     started = time.perf_counter()

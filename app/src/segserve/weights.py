@@ -66,6 +66,17 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
+def weights_file_sha256(path: str) -> str:
+    """A weights file's sha256, or a WeightsError saying why it cannot be read. Also what an
+    artifact backend checks a given weights file by, without loading it."""
+    if not os.path.isfile(path):
+        raise WeightsError(f"weights file not found: {path}")
+    try:
+        return file_sha256(path)
+    except OSError as exc:
+        raise WeightsError(f"cannot read weights file {path}: {exc.strerror or exc}") from None
+
+
 # init --varied-masks: the final classifier convolutions' weights are multiplied by this and
 # their biases zeroed (see init_payload).
 VARIED_MASKS_SCALE = 1000.0
@@ -190,12 +201,7 @@ def load(
     import torch
 
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise WeightsError(f"weights file not found: {path}")
-    try:
-        sha = file_sha256(path)
-    except OSError as exc:
-        raise WeightsError(f"cannot read weights file {path}: {exc.strerror or exc}") from None
+    sha = weights_file_sha256(path)
     # The hash is checked before deserialising: a file that is not the expected one is
     # never parsed at all.
     if expected_sha256 is not None and sha != expected_sha256.lower():
