@@ -89,11 +89,13 @@ def run_uwsgi_app_preflight(tmp_path: Path, **extra):
 # files (tasks/plan.yml, tasks/configure.yml) into a test's own folder.
 RENDER_INVENTORY = """\
 all:
-  hosts:
-    localhost:
-      ansible_connection: local
-      ansible_python_interpreter: "{{ ansible_playbook_python }}"
-      uwsgi_app_listen_address: 10.0.0.5
+  children:
+    app:
+      hosts:
+        localhost:
+          ansible_connection: local
+          ansible_python_interpreter: "{{ ansible_playbook_python }}"
+          uwsgi_app_listen_address: 10.0.0.5
 """
 
 

@@ -54,6 +54,7 @@ def test_model_is_public_and_shows_no_host_details(client, weights_file):
     response = client.get("/v1/model")
     # What a client needs, and nothing else: no paths, library versions, pids or settings.
     assert set(response.get_json()) == {
+        "name",
         "app_version",
         "arch",
         "backend",
@@ -353,11 +354,15 @@ def test_metrics(client):
     assert response.content_type.startswith("text/plain")
     text = response.get_data(as_text=True)
     for stage in ("decode", "preprocess", "inference", "encode"):
-        assert f'segserve_stage_seconds_bucket{{device="cpu",le="0.005",stage="{stage}"}}' in text
-    assert 'segserve_requests_total{endpoint="/v1/segment",status="200"}' in text
-    assert 'segserve_requests_total{endpoint="/v1/segment",status="400"}' in text
+        labels = f'device="cpu",le="0.005",model="default",stage="{stage}"'
+        assert f"segserve_stage_seconds_bucket{{{labels}}}" in text
+    assert 'segserve_requests_total{endpoint="/v1/segment",model="default",status="200"}' in text
+    assert 'segserve_requests_total{endpoint="/v1/segment",model="default",status="400"}' in text
     assert "segserve_request_seconds_bucket" in text
-    assert 'segserve_model_loads_total{arch="lraspp_mobilenet_v3_large"' in text
+    loads = (
+        'segserve_model_loads_total{arch="lraspp_mobilenet_v3_large",device="cpu",model="default"'
+    )
+    assert loads in text
 
 
 def test_unmatched_paths_share_one_metrics_label(client):
@@ -365,7 +370,7 @@ def test_unmatched_paths_share_one_metrics_label(client):
     client.get("/scanner/probe/2")
     text = client.get("/metrics").get_data(as_text=True)
     assert "/scanner/probe" not in text
-    assert 'segserve_requests_total{endpoint="unmatched",status="404"}' in text
+    assert 'segserve_requests_total{endpoint="unmatched",model="default",status="404"}' in text
 
 
 def test_sample_photos_are_packaged():
@@ -513,14 +518,14 @@ def test_metrics_port_refusals_count_as_unmatched(metrics_port_app):
 
     def unmatched_404s() -> float:
         text = _on_port(client, METRICS_PORT, "GET", "/metrics").get_data(as_text=True)
-        name = 'segserve_requests_total{endpoint="unmatched",status="404"} '
+        name = 'segserve_requests_total{endpoint="unmatched",model="default",status="404"} '
         return sum(float(line[len(name) :]) for line in text.splitlines() if line.startswith(name))
 
     before = unmatched_404s()
     _on_port(client, METRICS_PORT, "GET", "/v1/model")
     assert unmatched_404s() == before + 1
     text = _on_port(client, METRICS_PORT, "GET", "/metrics").get_data(as_text=True)
-    assert 'segserve_requests_total{endpoint="/v1/model",status="404"}' not in text
+    assert 'segserve_requests_total{endpoint="/v1/model",model="default",status="404"}' not in text
 
 
 @pytest.mark.parametrize("port", [80, 8002])
@@ -530,3 +535,32 @@ def test_other_ports_are_not_restricted(metrics_port_app, port):
     assert _on_port(client, port, "POST", "/v1/segment").status_code == 200
     assert _on_port(client, port, "GET", "/v1/model").status_code == 200
     assert _on_port(client, port, "GET", "/metrics").status_code == 200
+
+
+def test_model_name_is_on_the_model_the_log_and_every_metric(settings, caplog):
+    """The fleet routes by SEGSERVE_MODEL_NAME (nginx's /v1/models/<name>/): the worker says
+    which model it is on /v1/model, in its ready line and on every series it writes."""
+    with caplog.at_level("INFO", logger="segserve"):
+        named = create_app({**settings, "MODEL_NAME": "fast-v2"})
+    client = named.test_client()
+    assert client.get("/v1/model").get_json()["name"] == "fast-v2"
+    client.post("/v1/segment", data=JPEG, content_type="image/jpeg")
+    text = client.get("/metrics").get_data(as_text=True)
+    for family in ("segserve_requests_total", "segserve_stage_seconds_count"):
+        assert any(
+            line.startswith(family + "{") and 'model="fast-v2"' in line
+            for line in text.splitlines()
+        ), family
+    assert any("model=fast-v2 " in record.getMessage() for record in caplog.records)
+
+
+@pytest.mark.parametrize("bad", ["", "-lead", "has space", "a/b", "x" * 41, "ünï"])
+def test_model_name_that_fits_no_url_is_refused(settings, bad):
+    if bad == "":
+        # An empty value is unset: the default name.
+        assert create_app({**settings, "MODEL_NAME": bad}).extensions["segserve"]
+        return
+    from segserve.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="SEGSERVE_MODEL_NAME"):
+        create_app({**settings, "MODEL_NAME": bad})

@@ -74,3 +74,23 @@ def test_unreachable_server(tmp_path):
     result = run_client(str(samples.path()), "--url", "http://127.0.0.1:9")
     assert result.returncode == 1
     assert "cannot reach http://127.0.0.1:9" in result.stderr
+
+
+def test_model_option_asks_the_named_model():
+    from segserve.client import endpoints
+
+    assert endpoints("http://lb", None) == ("http://lb/v1/segment", "http://lb/v1/model")
+    assert endpoints("http://lb", "deeplab") == (
+        "http://lb/v1/models/deeplab/segment",
+        "http://lb/v1/models/deeplab",
+    )
+    # A name is one path segment, whatever it holds.
+    assert endpoints("http://lb", "a/../b")[0] == "http://lb/v1/models/a%2F..%2Fb/segment"
+
+
+def test_model_option_against_a_server_without_that_route(uwsgi_server):
+    """A single uWSGI server routes no names: the client sends where --model says and reports
+    the server's JSON 404 (nginx answers these routes in a fleet)."""
+    result = run_client(str(samples.path("chelsea.jpg")), "--url", uwsgi_server.url, "--model", "x")
+    assert result.returncode == 1
+    assert "HTTP 404 not_found" in result.stderr, result.stderr

@@ -126,16 +126,22 @@ def test_both_workers_serve_and_metrics_add_up(uwsgi_server):
     after = requests.get(f"{url}/metrics", timeout=10).text
     # Whichever worker answers /metrics reports the sum over both.
     served = "/v1/segment"
-    delta = metric(after, "segserve_requests_total", endpoint=served, status="200") - metric(
-        before, "segserve_requests_total", endpoint=served, status="200"
-    )
+    delta = metric(
+        after, "segserve_requests_total", model="default", endpoint=served, status="200"
+    ) - metric(before, "segserve_requests_total", model="default", endpoint=served, status="200")
     assert delta == 16
     for stage in ("decode", "preprocess", "inference", "encode"):
-        assert metric(after, "segserve_stage_seconds_count", stage=stage, device="cpu") >= 16
+        assert (
+            metric(
+                after, "segserve_stage_seconds_count", model="default", stage=stage, device="cpu"
+            )
+            >= 16
+        )
     assert (
         metric(
             after,
             "segserve_model_loads_total",
+            model="default",
             arch="lraspp_mobilenet_v3_large",
             pretrained="false",
             device="cpu",

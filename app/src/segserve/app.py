@@ -73,7 +73,10 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
     _log_started(handler)
     metrics.MODEL_LOADS.labels(
-        handler.weights.arch, str(handler.weights.pretrained).lower(), handler.device
+        handler.settings.model_name,
+        handler.weights.arch,
+        str(handler.weights.pretrained).lower(),
+        handler.device,
     ).inc()
     metrics.BUILD_INFO.labels(**handler.build_info()).set(1)
     app.extensions["segserve"] = handler
@@ -159,9 +162,10 @@ def _log_started(handler: SegmentationHandler) -> None:
     # The backend's details (an ONNX artifact's path, sha256 and agreement) are for operators:
     # the log has them, the public /v1/model does not.
     log.info(
-        "ready: worker=%d arch=%s device=%s backend=%s precision=%s input_size=%d threads=%d "
-        "weights=%s sha256=%s source=%s warm-up=%.0fms backend_details=%s",
+        "ready: worker=%d model=%s arch=%s device=%s backend=%s precision=%s input_size=%d "
+        "threads=%d weights=%s sha256=%s source=%s warm-up=%.0fms backend_details=%s",
         gpus.worker_id(),
+        handler.settings.model_name,
         w.arch,
         handler.device,
         handler.settings.backend,
@@ -232,6 +236,10 @@ def _register_hooks(app: Flask) -> None:
     def start_clock():
         g.segserve_started = time.perf_counter()
 
+    handler = app.extensions["segserve"]
+    # Every series carries the model's name: one Prometheus sees several models per host.
+    model = handler.settings.model_name
+
     @app.after_request
     def count(response):
         # The route pattern, not the raw path, so that scanners cannot create label values.
@@ -241,7 +249,9 @@ def _register_hooks(app: Flask) -> None:
         started = g.get("segserve_started")
         if started is not None:
             # The worker's device: on a GPU host each worker has its own (segserve.gpus).
-            device = app.extensions["segserve"].device
-            metrics.REQUEST_SECONDS.labels(endpoint, device).observe(time.perf_counter() - started)
-        metrics.REQUESTS.labels(endpoint, str(response.status_code)).inc()
+            device = handler.device
+            metrics.REQUEST_SECONDS.labels(model, endpoint, device).observe(
+                time.perf_counter() - started
+            )
+        metrics.REQUESTS.labels(model, endpoint, str(response.status_code)).inc()
         return response

@@ -1,7 +1,7 @@
 """segserve-client: send images to a segserve server, print what it found, write overlays.
 
     segserve-client IMAGE... --url http://HOST:PORT [--overlay OUT.png | --overlay DIR]
-                    [--format png|json] [--timeout SECONDS]
+                    [--model NAME] [--format png|json] [--timeout SECONDS]
 
 HTTP goes through the standard library only (urllib). Pillow, a dependency of the package
 anyway, is imported only to draw overlays or to decode a JSON mask into one.
@@ -16,6 +16,7 @@ import mimetypes
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,14 +53,24 @@ def voc_palette(n: int = 256) -> list[tuple[int, int, int]]:
     return colours
 
 
+def endpoints(url: str, model: str | None) -> tuple[str, str]:
+    """The segment and model-info URLs: the default model's (/v1/segment, /v1/model), or
+    those of the model a fleet routes by name (/v1/models/NAME/segment, /v1/models/NAME)."""
+    if model is None:
+        return f"{url}/v1/segment", f"{url}/v1/model"
+    base = f"{url}/v1/models/{urllib.parse.quote(model, safe='')}"
+    return f"{base}/segment", base
+
+
 def segment(url: str, path: Path, fmt: str, timeout: float) -> Answer:
+    """Send one image to `url`, a segment endpoint (endpoints())."""
     data = path.read_bytes()
     ctype = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
     if not ctype.startswith("image/"):
         ctype = "application/octet-stream"
     accept = "image/png" if fmt == "png" else "application/json"
     request = urllib.request.Request(
-        f"{url}/v1/segment",
+        url,
         data=data,
         method="POST",
         headers={"Content-Type": ctype, "Accept": accept},
@@ -118,14 +129,15 @@ def main(argv: list[str] | None = None) -> int:
     url = url.removesuffix("/v1/segment").removesuffix("/infer")
     images = [Path(p) for p in args.images]
     overlay_dir = _overlay_dir(args.overlay, len(images))
-    names = _class_names(url, args.timeout)
+    segment_url, model_url = endpoints(url, args.model)
+    names = _class_names(model_url, args.timeout)
     progress = len(images) > 1 and sys.stderr.isatty()
     failed = 0
     for done, path in enumerate(images, start=1):
         if progress:
             _progress(done - 1, len(images), path.name)
         try:
-            answer = segment(url, path, args.format, args.timeout)
+            answer = segment(segment_url, path, args.format, args.timeout)
             found = ", ".join(names.get(c, str(c)) for c in answer.classes) or "none"
             line = (
                 f"{path}: {answer.width}x{answer.height}, classes: {found}, {answer.millis:.0f} ms"
@@ -167,7 +179,7 @@ def _overlay_dir(overlay: str | None, count: int) -> Path | None:
 
 def _class_names(url: str, timeout: float) -> dict[int, str]:
     try:
-        with urllib.request.urlopen(f"{url}/v1/model", timeout=timeout) as response:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
             return {int(k): v for k, v in json.loads(response.read())["classes"].items()}
     except Exception:
         # Names are a nicety; ids are printed instead, and /v1/segment reports real errors.
@@ -205,6 +217,12 @@ def _parser() -> argparse.ArgumentParser:
         choices=("png", "json"),
         default="png",
         help="how the mask travels (default png: much smaller than json)",
+    )
+    parser.add_argument(
+        "--model",
+        metavar="NAME",
+        help="the model to ask, by its name in the fleet (GET /v1/models lists them); "
+        "default: the fleet's default model",
     )
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
     return parser

@@ -201,6 +201,14 @@ ONNX_SHA256 = Setting(
     "ONNX_SHA256", "sha256", None,
     help="expected sha256 of the ONNX artifact; a mismatch refuses to start",
 )  # fmt: skip
+# The name the fleet routes the model by (nginx's /v1/models/<name>/): the same characters as
+# roles/segserve's model names, so it fits a URL path, a unit name and a metrics label as it is.
+MODEL_NAME = Setting(
+    "MODEL_NAME", "text", "default", pattern=r"[a-z0-9][a-z0-9_-]{0,39}",
+    expect="1-40 of a-z, 0-9, `_` and `-`, starting with a letter or digit",
+    help="the model's name in the fleet: shown on `GET /v1/model`, in the `ready:` log line "
+    "and as the `model` label of every metric",
+)  # fmt: skip
 METRICS_PORT = Setting(
     "METRICS_PORT", "port", None, high=65535,
     help="a port whose requests may only be `GET /metrics` and `GET /healthz`; other "
@@ -210,7 +218,7 @@ METRICS_PORT = Setting(
 SETTINGS = (
     WEIGHTS_PATH, WEIGHTS_SHA256, ARCH, DEVICE, GPU_COUNT, TORCH_THREADS, MAX_IMAGE_BYTES,
     MAX_PIXELS, MAX_JSON_BYTES, INPUT_SIZE, BACKEND, PRECISION, BACKEND_CHOICE, ONNX_PATH,
-    ONNX_SHA256, METRICS_PORT,
+    ONNX_SHA256, MODEL_NAME, METRICS_PORT,
 )  # fmt: skip
 # Anything under SEGSERVE_ not declared is reported as unknown, which catches typos such as
 # SEGSERVE_WIEGHTS_PATH.

@@ -146,6 +146,7 @@ class SegmentationHandler:
         /metrics, see build_info)."""
         w = self.weights
         info = {
+            "name": self.settings.model_name,
             "app_version": app_version(),
             "arch": w.arch,
             "backend": self.settings.backend,
@@ -165,6 +166,7 @@ class SegmentationHandler:
     def build_info(self) -> dict[str, str]:
         """Versions of what serves, for operators: the labels of /metrics' segserve_build_info."""
         return {
+            "model": self.settings.model_name,
             "app_version": app_version(),
             # "" when not installed, whichever backend runs (a CPU host serving the converted
             # model has no torch); torch's own version string where it serves (it names the

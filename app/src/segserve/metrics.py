@@ -51,24 +51,24 @@ class StageTimings(dict):
 STAGE_SECONDS = Histogram(
     "segserve_stage_seconds",
     "Time spent per request in each processing stage, by the worker's device.",
-    ["stage", "device"],
+    ["model", "stage", "device"],
     buckets=_BUCKETS,
 )
 REQUESTS = Counter(
     "segserve_requests",
     "HTTP requests answered, by endpoint and status code.",
-    ["endpoint", "status"],
+    ["model", "endpoint", "status"],
 )
 REQUEST_SECONDS = Histogram(
     "segserve_request_seconds",
     "Time from the request reaching the app to the response leaving it, by the worker's device.",
-    ["endpoint", "device"],
+    ["model", "endpoint", "device"],
     buckets=_BUCKETS,
 )
 MODEL_LOADS = Counter(
     "segserve_model_loads",
     "Models loaded (one per worker start; more than the worker count means respawns).",
-    ["arch", "pretrained", "device"],
+    ["model", "arch", "pretrained", "device"],
 )
 
 # Every worker sets the same labels to 1, and "max" renders that as one series of value 1
@@ -82,6 +82,7 @@ BUILD_INFO = Gauge(
     "segserve_build_info",
     "Versions of what serves (always 1): app, libraries, backend, device.",
     [
+        "model",
         "app_version",
         "torch",
         "torchvision",
@@ -95,9 +96,9 @@ BUILD_INFO = Gauge(
 )
 
 
-def observe_stages(timings: dict[str, float], device: str) -> None:
+def observe_stages(timings: dict[str, float], model: str, device: str) -> None:
     for stage, seconds in timings.items():
-        STAGE_SECONDS.labels(stage, device).observe(seconds)
+        STAGE_SECONDS.labels(model, stage, device).observe(seconds)
 
 
 def render() -> tuple[bytes, str]:

@@ -143,7 +143,8 @@ def _segment_json(result: Result, handler: SegmentationHandler, limit: int) -> b
 
 
 def _finish(result: Result, body: bytes, mimetype: str) -> Response:
-    metrics.observe_stages(result.timings, current_app.extensions["segserve"].device)
+    handler = current_app.extensions["segserve"]
+    metrics.observe_stages(result.timings, handler.settings.model_name, handler.device)
     response = Response(body, mimetype=mimetype)
     response.headers["Server-Timing"] = ", ".join(
         f"{stage};dur={seconds * 1000:.1f}" for stage, seconds in result.timings.items()

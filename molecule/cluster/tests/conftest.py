@@ -26,6 +26,8 @@ TEST_MODULES = [
     "test_worker_faults.py",
     "test_fuzz.py",
     "test_host_faults.py",
+    # Several models: B's faults, redeploy and removal under load on A; B put back after.
+    "test_models.py",
     # Last: the rolling deploy leaves the fleet on a new app version and new weights.
     "test_deploys.py",
 ]

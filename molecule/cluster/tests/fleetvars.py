@@ -87,6 +87,42 @@ MAX_JSON_BYTES = APP_VARS["uwsgi_app_max_json_bytes"]
 # Drop-ins the tests add for one case (systemd's runtime directory: gone at the next boot).
 DROPIN_DIR = f"/run/systemd/system/{UNIT}.service.d"
 
+# The lab's models (inventory/lab/group_vars/all/models.yml), as written: the first is the
+# default, served by UNIT; each other runs as <UNIT>-<name> on the ports from its own.
+MODELS = APP_VARS.render_raw("segserve_models")
+DEFAULT_MODEL = MODELS[0]["name"]
+LAB_WEIGHTS = PROJECT / ".lab" / "weights"
+# Where the app hosts keep weights files and converted models (never removed with a model).
+WEIGHTS_DIR = APP_VARS["__uwsgi_app_weights_dir"]
+
+
+def model_unit(name):
+    return UNIT if name == DEFAULT_MODEL else f"{UNIT}-{name}"
+
+
+def model_health_port(name):
+    """The health port of a model's instance: its uwsgi port + 1 (uwsgi_app's defaults)."""
+    model = next(m for m in MODELS if m["name"] == name)
+    return HEALTH_PORT if name == DEFAULT_MODEL else model["port"] + 1
+
+
+def concrete_models(**changes):
+    """The lab's model list with each weights file and digest written out (the inventory's
+    reads them with lookups), and `changes` (name -> keys) applied: an -e value for a deploy."""
+    models = []
+    for model in MODELS:
+        model = dict(model)
+        if "arch" in model:
+            weights = LAB_WEIGHTS / f"{model['arch']}-init-seed0.pth"
+            model["weights_src"] = str(weights)
+            model["weights_sha256"] = (
+                (weights.parent / (weights.name + ".sha256")).read_text().strip()
+            )
+        model.update(changes.get(model["name"], {}))
+        models.append(model)
+    return models
+
+
 HTTP_PORT = LB_VARS["nginx_listen_port"]
 TLS_PORT = LB_VARS["nginx_tls_port"]
 TLS_CERT = LB_VARS["nginx_tls_certificate"]

@@ -24,7 +24,14 @@ from fleetlib import (
     sh,
     wait_ready,
 )
-from fleetvars import HEALTH_PORT, PROJECT, RESTART_MARKER, VENV
+from fleetvars import (
+    DEFAULT_MODEL,
+    HEALTH_PORT,
+    PROJECT,
+    RESTART_MARKER,
+    VENV,
+    concrete_models,
+)
 from loadlib import Load, brief
 
 testinfra_hosts = ["outsider"]
@@ -96,10 +103,16 @@ def test_rolling_deploy_loses_nothing(client, lb, report, capacity, tmp_path):
         str(PROJECT / "playbooks" / "app.yml"),
         "-e",
         f"uwsgi_app_src={app_copy}",
+        # New weights for the default model: its entry of the model list, as an operator
+        # changes it (an -e uwsgi_app_weights_src would give every model those weights).
         "-e",
-        f"uwsgi_app_weights_src={weights}",
-        "-e",
-        f"uwsgi_app_weights_sha256={sha256}",
+        json.dumps(
+            {
+                "segserve_models": concrete_models(
+                    **{DEFAULT_MODEL: {"weights_src": str(weights), "weights_sha256": sha256}}
+                )
+            }
+        ),
     ]
     mark = log_mark()
     load = Load(client, "rolling", lb, duration=900)

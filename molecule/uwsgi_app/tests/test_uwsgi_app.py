@@ -45,7 +45,7 @@ def test_uwsgi_socket_on_private_address_only(host):
 
 def test_health_and_stats_on_loopback_only(host):
     assert host.socket("tcp://127.0.0.1:8002").is_listening
-    assert host.socket("tcp://127.0.0.1:9191").is_listening
+    assert host.socket("tcp://127.0.0.1:8004").is_listening
     assert not host.socket("tcp://0.0.0.0:8002").is_listening
 
 
@@ -87,7 +87,7 @@ def test_backend_chosen_on_the_host_and_served(host):
 
 
 def test_two_workers_from_the_setting(host):
-    stats = json.loads(host.check_output("curl -sS http://127.0.0.1:9191"))
+    stats = json.loads(host.check_output("curl -sS http://127.0.0.1:8004"))
     assert len(stats["workers"]) == 2
 
 
