@@ -106,7 +106,7 @@ all:
 """
 
 
-def run_check(tmp_path: Path, models: list) -> str:
+def run_check(tmp_path: Path, models: list, **extra) -> tuple[int, str]:
     weights = tmp_path / "w.pth"
     weights.write_bytes(b"not read by the preflight")
     (tmp_path / "play.yml").write_text(CHECK_PLAY.format(tasks=ROOT / "playbooks" / "tasks"))
@@ -120,6 +120,7 @@ def run_check(tmp_path: Path, models: list) -> str:
             "segserve_models": models,
             "uwsgi_app_weights_src": str(weights),
             "uwsgi_app_weights_sha256": "0" * 64,
+            **extra,
         },
     )
     return run.returncode, " ".join(run.stdout.split())
@@ -157,3 +158,15 @@ def test_a_host_mixing_torch_and_converted_models_is_refused(tmp_path):
     )
     assert code != 0
     assert "would serve torch for deeplab and the converted model for fast" in out, out[-2000:]
+
+
+def test_models_sharing_a_port_on_a_host_are_refused(tmp_path):
+    # A metrics port set for the whole group would be every model's: refused before a
+    # second instance fails to bind it.
+    code, out = run_check(
+        tmp_path,
+        [{"name": "fast", "processes": 1}, {**DEEPLAB, "processes": 1}],
+        uwsgi_app_metrics_port=9100,
+    )
+    assert code != 0
+    assert "localhost's models would share ports: fast [8001, 8002, 8004, 9100]" in out, out[-2000:]

@@ -106,6 +106,12 @@ def model_health_port(name):
     return HEALTH_PORT if name == DEFAULT_MODEL else model["port"] + 1
 
 
+# Every model's uwsgi and metrics ports, which only the lb and monitoring hosts may reach.
+PRIVATE_PORTS = [UWSGI_PORT, METRICS_PORT] + [
+    port for m in MODELS[1:] for port in (m["port"], m["port"] + 2)
+]
+
+
 def concrete_models(**changes):
     """The lab's model list with each weights file and digest written out (the inventory's
     reads them with lookups), and `changes` (name -> keys) applied: an -e value for a deploy."""

@@ -34,9 +34,11 @@ from fleetvars import (
     HEALTH_PORT,
     MAX_JSON_BYTES,
     METRICS_PORT,
+    MODELS,
+    PRIVATE_PORTS,
     STATUS_PATH,
     UNIT,
-    UWSGI_PORT,
+    model_unit,
 )
 from imagelib import png_chunk
 from loadlib import Load, brief
@@ -293,22 +295,25 @@ def test_uwsgi_port_closed_from_the_first_deploy(client, attacker, report):
     probe = CONNECT_PROBE
     for name in APP_HOSTS:
         for target in (address(name), address6(name)):
-            for port in (UWSGI_PORT, METRICS_PORT):
+            for port in PRIVATE_PORTS:
                 result = attacker.run(f"{probe} {target} {port}")
                 assert result.rc != 0, f"attacker reached {target}:{port}"
                 facts.append(f"attacker -> [{target}]:{port}: refused")
-        unit = sh(
-            fleet_host(name), f"systemctl show -p IPAddressAllow -p IPAddressDeny -p After {UNIT}"
-        )
-        assert "nftables.service" in unit, unit
-        assert re.search(r"IPAddressDeny=.*(0\.0\.0\.0/0|any|::/0)", unit), unit
-        assert address("lb1") in unit, unit
+        for model in MODELS:
+            unit = sh(
+                fleet_host(name),
+                "systemctl show -p IPAddressAllow -p IPAddressDeny -p After"
+                f" {model_unit(model['name'])}",
+            )
+            assert "nftables.service" in unit, unit
+            assert re.search(r"IPAddressDeny=.*(0\.0\.0\.0/0|any|::/0)", unit), unit
+            assert address("lb1") in unit, unit
         facts.append(f"{name}: " + " ".join(ln for ln in unit.splitlines() if ln.startswith("IP")))
     report.add(
         "A6. The uwsgi port",
-        "From a host outside lb, the uwsgi and metrics ports refuse IPv4 and IPv6, from the"
-        " first deploy on (a prober ran through converge and idempotence); the unit has its own"
-        " IP allow-list and starts after the firewall.",
+        "From a host outside lb, every model's uwsgi and metrics ports refuse IPv4 and IPv6,"
+        " from the first deploy on (a prober ran through converge and idempotence); each"
+        " model's unit has its own IP allow-list and starts after the firewall.",
         None,
         facts,
     )

@@ -115,10 +115,11 @@ def test_rolling_deploy_loses_nothing(client, lb, report, capacity, tmp_path):
         ),
     ]
     mark = log_mark()
-    load = Load(client, "rolling", lb, duration=900)
+    # Each host restarts both models, and re-times their backends on its one core under load.
+    load = Load(client, "rolling", lb, duration=1500)
     time.sleep(3)
     started = time.time()
-    deploy = subprocess.run(command, cwd=PROJECT, capture_output=True, text=True, timeout=600)
+    deploy = subprocess.run(command, cwd=PROJECT, capture_output=True, text=True, timeout=1200)
     seconds = time.time() - started
     time.sleep(3)
     result = load.result(stop=True)
