@@ -80,11 +80,14 @@ def test_access_log_is_json_with_upstream_fields(host):
         "upstream_connect_time",
         "upstream_response_time",
         "request_id",
+        "model_upstream",
     ):
         assert field in entry, field
     assert entry["status"] == 200
     assert entry["upstream_status"] == "200"
     assert re.fullmatch(r"[0-9.]+:8001", entry["upstream_addr"])
+    # The unnamed API is the default model's.
+    assert entry["model_upstream"] == "segserve_model_default"
 
 
 def test_request_id_reaches_app_client_and_log(host):

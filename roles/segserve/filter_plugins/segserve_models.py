@@ -79,8 +79,15 @@ def segserve_models_problems(models, groups, app_group, default_port):
                     f"{where} needs a port: its instance takes it and the {PORTS_PER_MODEL - 1}"
                     " after it (uwsgi, health, metrics, stats)."
                 )
-            elif not isinstance(port, int) or not 1 <= port <= 65535 - PORTS_PER_MODEL:
-                problems.append(f"{where} has port {port!r}: a number from 1 to 65531.")
+            elif (
+                isinstance(port, bool)
+                or not isinstance(port, int)
+                or not 1024 <= port <= 65536 - PORTS_PER_MODEL
+            ):
+                problems.append(
+                    f"{where} has port {port!r}: a number from 1024 to 65532 (the service"
+                    " binds it unprivileged, and the 3 after it)."
+                )
         hosts = entry.get("hosts", app_group)
         if isinstance(hosts, str):
             if hosts not in groups:
