@@ -24,7 +24,8 @@ INCLUDE = """\
         name: {role}
         tasks_from: {tasks}
 """
-# localhost is also the one app host, so the nginx role has an upstream to resolve.
+# localhost is the one app host: the nginx role has an upstream to resolve, the fleet's
+# default model a host to serve it, and the uwsgi_app task files run against it.
 INVENTORY = """\
 all:
   children:
@@ -85,20 +86,6 @@ def run_uwsgi_app_preflight(tmp_path: Path, **extra):
     return run_preflight(tmp_path, "uwsgi_app", {**inputs, **extra})
 
 
-# localhost as the one app host, for running uwsgi_app task files that render the service's
-# files (tasks/plan.yml, tasks/configure.yml) into a test's own folder.
-RENDER_INVENTORY = """\
-all:
-  children:
-    app:
-      hosts:
-        localhost:
-          ansible_connection: local
-          ansible_python_interpreter: "{{ ansible_playbook_python }}"
-          uwsgi_app_listen_address: 10.0.0.5
-"""
-
-
 def run_uwsgi_app_render(tmp_path: Path, play: str, **extra):
     """Run `play` against localhost with every path of the uwsgi_app role under tmp_path. The
     converted model is given as built elsewhere (no conversion runs), on a controller without
@@ -108,7 +95,7 @@ def run_uwsgi_app_render(tmp_path: Path, play: str, **extra):
     artifact = tmp_path / "model.onnx"
     artifact.write_bytes(b"converted model")
     (tmp_path / "play.yml").write_text(play)
-    (tmp_path / "hosts.yml").write_text(RENDER_INVENTORY)
+    (tmp_path / "hosts.yml").write_text(INVENTORY)
     paths = {
         "uwsgi_app_home": str(tmp_path / "home"),
         "uwsgi_app_group": "root",

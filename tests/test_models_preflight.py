@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from preflight import ROOT, run_playbook, run_preflight
+from preflight import INVENTORY, ROOT, run_playbook, run_preflight
 
 sys.path.insert(0, str(ROOT / "roles" / "segserve" / "filter_plugins"))
 sys.path.insert(0, str(ROOT / "app" / "src"))
@@ -93,16 +93,6 @@ CHECK_PLAY = """\
       loop: "{{{{ uwsgi_app_instances }}}}"
       loop_control:
         loop_var: __segserve_instance
-"""
-INVENTORY = """\
-all:
-  children:
-    app:
-      hosts:
-        localhost:
-          ansible_connection: local
-          ansible_python_interpreter: "{{ ansible_playbook_python }}"
-          uwsgi_app_listen_address: 10.0.0.5
 """
 
 
