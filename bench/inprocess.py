@@ -5,8 +5,10 @@
 Reports the median ms per image for decode / preprocess / inference / postprocess / encode
 (PNG and JSON), the size of each response, and images/s for one process and for N processes
 x `--threads` torch threads (multiprocessing, each process loading its own model as a uWSGI
-worker does). Writes the result as markdown (default bench/results/inprocess.md). The model is
-an untrained seeded init: on CPU its cost is the same as the trained network's.
+worker does), and the JSON mask encoder beside the ones it replaced (bench/json_baseline.py),
+timed in turn on the same masks. Writes the result as markdown (default
+bench/results/inprocess.md). The model is an untrained seeded init: on CPU its cost is the
+same as the trained network's.
 """
 
 from __future__ import annotations
@@ -129,6 +131,48 @@ def big_jpeg_decode(handler, n: int) -> tuple[float, float]:
     return out[0], out[1]
 
 
+def many_classes_mask(height: int, width: int):
+    """A mask as a trained model draws it on a busy scene: blobs of all 21 VOC classes, so ids
+    of one and two digits (an untrained model's is nearly one id)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    coarse = rng.integers(0, 21, size=(height // 20 + 1, width // 20 + 1), dtype=np.uint8)
+    return np.repeat(np.repeat(coarse, 20, axis=0), 20, axis=1)[:height, :width]
+
+
+def json_encoders(mask, n: int) -> list[tuple[str, float, float, float]]:
+    """(encoder, ms on the served mask, ms on a 21-class mask, times slower than the served
+    one) for each encoder, timed in turn on the same masks; every one must give the same bytes.
+    """
+    from json_baseline import numpy_digits, stdlib_json
+    from segserve.images import mask_to_json
+
+    encoders = {
+        "orjson (served)": mask_to_json,
+        "numpy digit layout (before)": numpy_digits,
+        "json.dumps(mask.tolist())": stdlib_json,
+    }
+    masks = (mask, many_classes_mask(*mask.shape))
+    for each in masks:
+        outputs = {encode(each) for encode in encoders.values()}
+        if len(outputs) != 1:
+            raise SystemExit("the JSON mask encoders disagree: the comparison is void")
+    rows = []
+    for name, encode in encoders.items():
+        medians = []
+        for each in masks:
+            times = []
+            for _ in range(n):
+                started = time.perf_counter()
+                encode(each)
+                times.append(time.perf_counter() - started)
+            medians.append(statistics.median(times) * 1000)
+        rows.append((name, *medians))
+    served = rows[0][2]
+    return [(name, a, b, b / served) for name, a, b in rows]
+
+
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -164,6 +208,7 @@ def main() -> int:
         stages, sizes = stage_table(handler, data, args.n)
         single = throughput(handler, data, args.n)
         draft_ms, full_ms = big_jpeg_decode(handler, args.n)
+        encoders = json_encoders(handler.handle(data).mask, args.n)
         del handler
         parallel = multi_process(weights, args.input_size, args.threads, data, args.n, args.procs)
 
@@ -193,6 +238,12 @@ def main() -> int:
         "",
         f"Decode of a 4032x3024 JPEG: {draft_ms:.1f} ms with reduced-scale decoding "
         f"(as served), {full_ms:.1f} ms at full scale.",
+        "",
+        "JSON mask encoders, side by side on the same masks (identical bytes checked):",
+        "",
+        "| Encoder | ms, served mask | ms, 21-class mask | x the served encoder (21-class) |",
+        "|---|---:|---:|---:|",
+        *(f"| {name} | {a:.2f} | {b:.2f} | {ratio:.1f} |" for name, a, b, ratio in encoders),
         "",
         "An untrained model's mask is nearly uniform, so the PNG here is smaller than a real "
         "model's; the JSON size depends only on the image size.",

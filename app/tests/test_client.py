@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from segserve import samples
-from segserve.client import voc_palette
+from segserve.overlay import voc_palette
 
 pytestmark = pytest.mark.uwsgi
 

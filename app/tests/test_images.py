@@ -35,10 +35,13 @@ def test_mask_to_json_matches_json_dumps(shape):
     assert mask_to_json(mask) == expected
 
 
-def test_mask_to_json_across_chunks(monkeypatch):
-    monkeypatch.setattr(images, "_ROWS_PER_CHUNK_PIXELS", 50)
-    mask = np.random.default_rng(1).integers(0, 21, size=(37, 11), dtype=np.uint8)
-    assert json.loads(mask_to_json(mask)) == mask.tolist()
+@pytest.mark.parametrize(
+    "turn", [np.transpose, np.rot90, lambda m: m[:, ::2]], ids=["transpose", "rot90", "strided"]
+)
+def test_mask_to_json_of_a_view(turn):
+    # A mask turned by EXIF orientation is a strided view, not a C-contiguous array.
+    mask = turn(np.random.default_rng(1).integers(0, 21, size=(37, 12), dtype=np.uint8))
+    assert mask_to_json(mask) == json.dumps(mask.tolist(), separators=(",", ":")).encode()
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import time
@@ -152,6 +153,30 @@ def test_both_workers_serve_and_metrics_add_up(uwsgi_server):
     info = [line for line in after.splitlines() if line.startswith("segserve_build_info{")]
     assert len(info) == 1 and info[0].endswith(" 1.0"), info
     assert 'backend="torch"' in info[0] and "pid=" not in info[0]
+
+
+def test_log_is_json_and_names_the_request(uwsgi_server):
+    """Each worker's log is one JSON object per line, on the process's stderr as under
+    systemd; a request's record carries the X-Request-ID it came with and its stage timings."""
+    request_id = "test-log-0f3a"
+    answer = requests.post(
+        f"{uwsgi_server.url}/v1/segment",
+        data=samples.path("coffee.jpg").read_bytes(),
+        headers={"Content-Type": "image/jpeg", "Accept": "image/png", "X-Request-ID": request_id},
+        timeout=60,
+    )
+    assert answer.status_code == 200
+    deadline = time.monotonic() + 10
+    while request_id not in uwsgi_server.log() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    app_lines = [line for line in uwsgi_server.log().splitlines() if line.startswith("{")]
+    records = [json.loads(line) for line in app_lines]
+    assert not re.search(r"segserve\[\d+\]", uwsgi_server.log()), "a record in text format"
+    ready = [r for r in records if r["message"].startswith("ready: ")]
+    assert {r["worker"] for r in ready} == {1, 2} and all(r["model"] == "default" for r in ready)
+    (mine,) = [r for r in records if r.get("request_id") == request_id]
+    assert mine["message"] == "request" and mine["status"] == 200 and mine["worker"] in (1, 2)
+    assert mine["endpoint"] == "/v1/segment" and mine["stages_ms"]["inference"] > 0
 
 
 def test_zz_stops_cleanly_and_no_worker_died(uwsgi_server):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -14,9 +13,9 @@ from flask import Config, Flask, g, jsonify, request
 from PIL import Image
 from werkzeug.exceptions import HTTPException, NotFound
 
-from segserve import config, gpus, metrics
+from segserve import config, gpus, logs, metrics
 from segserve.backends import ARTIFACT_BACKENDS
-from segserve.config import PREFIX, Settings, unknown_keys
+from segserve.config import LOG_FORMAT, PREFIX, Settings, unknown_keys
 from segserve.errors import ServiceError, StartupError
 from segserve.handler import UNTRAINED_WARNING, SegmentationHandler
 
@@ -39,7 +38,6 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app = Flask(__name__)
     # Class ids are keys of JSON objects; keep them in id order, not sorted as strings.
     app.json.sort_keys = False
-    _configure_logging()
     if config is None:
         values = Config(app.root_path)
         # loads=str: the default JSON decoding would turn an all-digit sha256 into an int.
@@ -49,11 +47,14 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         # A test may pass Flask's own keys (TESTING, ...) beside segserve's.
         app.config.update({k: v for k, v in values.items() if k in app.config})
         values = {k: v for k, v in values.items() if k not in app.config}
+    logs.configure(str(values.get(LOG_FORMAT.key, LOG_FORMAT.default)))
+    logs.set_context(worker=gpus.worker_id())
     for name in unknown_keys(values):
         log.warning("ignoring unknown setting %s", name)
 
     try:
         settings = Settings.from_mapping(values)
+        logs.set_context(model=settings.model_name)
         _check_process_model(settings)
         if settings.backend not in ARTIFACT_BACKENDS:
             # The artifact backends set their own threads, and their hosts may have no torch.
@@ -100,21 +101,6 @@ def log_value(value: object) -> str:
     if len(text) > LOG_VALUE_CHARS:
         text = text[:LOG_VALUE_CHARS] + "..."
     return text
-
-
-def _configure_logging() -> None:
-    # Under uWSGI and systemd stderr is the log. Leave any configuration the host
-    # application (or pytest) made alone.
-    root = logging.getLogger()
-    if log.handlers or root.handlers:
-        return
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        logging.Formatter("%(asctime)s segserve[%(process)d] %(levelname)s %(message)s")
-    )
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
-    log.propagate = False
 
 
 def _check_process_model(settings: Settings) -> None:
@@ -239,6 +225,7 @@ def _register_hooks(app: Flask) -> None:
     handler = app.extensions["segserve"]
     # Every series carries the model's name: one Prometheus sees several models per host.
     model = handler.settings.model_name
+    log_requests = handler.settings.log_requests
 
     @app.after_request
     def count(response):
@@ -254,4 +241,36 @@ def _register_hooks(app: Flask) -> None:
                 time.perf_counter() - started
             )
         metrics.REQUESTS.labels(model, endpoint, str(response.status_code)).inc()
+        if started is not None and _logged(endpoint, response.status_code, log_requests):
+            _log_request(endpoint, response, time.perf_counter() - started)
         return response
+
+
+# Answered many times a minute to nginx's and Prometheus' probes: logged only when they fail.
+PROBES = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
+def _logged(endpoint: str, status: int, which: str) -> bool:
+    if which == "none":
+        return False
+    if status >= 400:
+        return True
+    return which == "all" and endpoint not in PROBES
+
+
+def _log_request(endpoint: str, response, seconds: float) -> None:
+    """The request's record: what was asked, the answer, and where the time went."""
+    fields = {
+        "method": logs.clip(request.method),
+        "endpoint": endpoint,
+        "status": response.status_code,
+        "ms": round(seconds * 1000, 1),
+        "bytes_in": request.content_length or 0,
+        "bytes_out": response.calculate_content_length(),
+    }
+    if endpoint == "unmatched":
+        fields["path"] = logs.clip(request.path)
+    timings = g.get("segserve_timings")
+    if timings is not None:
+        fields["stages_ms"] = {stage: round(s * 1000, 1) for stage, s in timings.items()}
+    log.info("request", extra={"fields": fields})

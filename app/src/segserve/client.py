@@ -2,10 +2,18 @@
 
     segserve-client IMAGE... --url http://HOST:PORT [--overlay OUT.png | --overlay DIR]
                     [--model NAME] [--format png|json] [--timeout SECONDS]
+                    [--concurrency N] [--retries N] [--max-wait SECONDS]
 
 HTTP goes through the standard library only (urllib). Pillow, a dependency of the package
 anyway, is imported only to draw overlays or to decode a JSON mask into one.
-One line per image on stdout; errors on stderr; exit status 1 if any image failed.
+One line per image on stdout; errors on stderr; exit status 1 if any image failed, after a
+summary of what failed.
+
+An answer that says "come back later" (429, 502, 503, 504: nginx's limits and a fleet with no
+ready host send them with Retry-After) is retried, at most --retries times per image: after
+the Retry-After the server asked for, or without one after an exponential backoff, each wait
+stretched by a random part of itself so that clients refused together do not return together.
+A server asking for more than --max-wait seconds is not waited for: the image fails at once.
 """
 
 from __future__ import annotations
@@ -13,13 +21,20 @@ from __future__ import annotations
 import argparse
 import json
 import mimetypes
+import random
 import sys
+import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+
+from segserve.overlay import write_overlay
+from segserve.retry import RETRYABLE, RetryPolicy, parse_retry_after
 
 PROG = "segserve-client"
 
@@ -35,22 +50,15 @@ class Answer:
 
 
 class ClientError(Exception):
-    pass
+    """An image that failed; `kind` groups failures in the summary."""
 
-
-def voc_palette(n: int = 256) -> list[tuple[int, int, int]]:
-    """The Pascal VOC colour map: class id bits spread over the high bits of R, G and B."""
-    colours = []
-    for index in range(n):
-        r = g = b = 0
-        value = index
-        for shift in range(7, -1, -1):
-            r |= (value & 1) << shift
-            g |= ((value >> 1) & 1) << shift
-            b |= ((value >> 2) & 1) << shift
-            value >>= 3
-        colours.append((r, g, b))
-    return colours
+    def __init__(
+        self, message: str, kind: str, retry_after: float | None = None, retryable: bool = False
+    ):
+        super().__init__(message)
+        self.kind = kind
+        self.retry_after = retry_after
+        self.retryable = retryable
 
 
 def endpoints(url: str, model: str | None) -> tuple[str, str]:
@@ -81,10 +89,16 @@ def segment(url: str, path: Path, fmt: str, timeout: float) -> Answer:
             body = response.read()
             headers = response.headers
     except urllib.error.HTTPError as exc:
-        raise ClientError(_server_error(exc)) from None
+        message, kind = _server_error(exc)
+        raise ClientError(
+            message,
+            kind,
+            retry_after=parse_retry_after(exc.headers.get("Retry-After")),
+            retryable=exc.code in RETRYABLE,
+        ) from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise ClientError(f"cannot reach {url}: {reason}") from None
+        raise ClientError(f"cannot reach {url}: {reason}", "cannot reach") from None
     millis = (time.perf_counter() - started) * 1000
     if fmt == "json":
         answer = json.loads(body)
@@ -96,31 +110,29 @@ def segment(url: str, path: Path, fmt: str, timeout: float) -> Answer:
     return Answer(width, height, classes, body, fmt, millis)
 
 
-def write_overlay(image_path: Path, answer: Answer, out: Path, alpha: float = 0.5) -> None:
-    import io
-
-    from PIL import Image, ImageOps
-
-    with Image.open(image_path) as original:
-        photo = ImageOps.exif_transpose(original).convert("RGB")
-    if answer.fmt == "png":
-        with Image.open(io.BytesIO(answer.body)) as png:
-            mask = png.convert("L")
-    else:
-        rows = json.loads(answer.body)["mask"]
-        mask = Image.new("L", (answer.width, answer.height))
-        mask.putdata([v for row in rows for v in row])
-    if mask.size != photo.size:
-        # The server answers at the upright size of what it received; match it just in case
-        # the local decoder disagrees about orientation.
-        photo = photo.resize(mask.size)
-    colour = mask.copy()
-    colour.putpalette([c for rgb in voc_palette() for c in rgb])
-    blended = Image.blend(photo, colour.convert("RGB"), alpha)
-    # Background (class 0) stays as the photo; only found objects are tinted.
-    foreground = mask.point(lambda v: 255 if v else 0)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    Image.composite(blended, photo, foreground).save(out, format="PNG")
+def segment_retrying(
+    url: str, path: Path, fmt: str, timeout: float, policy: RetryPolicy, rng: random.Random
+) -> tuple[Answer, int]:
+    """segment(), retried as the policy allows; the answer and how many retries it took."""
+    attempt = 0
+    while True:
+        try:
+            return segment(url, path, fmt, timeout), attempt
+        except ClientError as exc:
+            if not exc.retryable:
+                raise
+            attempt += 1
+            wait = policy.wait(attempt, exc.retry_after, rng)
+            if wait is None:
+                if exc.retry_after is not None and exc.retry_after > policy.max_wait:
+                    exc.args = (
+                        f"{exc}; the server asks for a retry after {exc.retry_after:.0f}"
+                        f" s, more than --max-wait {policy.max_wait:g}",
+                    )
+                elif attempt > 1:
+                    exc.args = (f"{exc} (after {attempt - 1} retries)",)
+                raise
+            time.sleep(wait)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -131,37 +143,78 @@ def main(argv: list[str] | None = None) -> int:
     overlay_dir = _overlay_dir(args.overlay, len(images))
     segment_url, model_url = endpoints(url, args.model)
     names = _class_names(model_url, args.timeout)
-    progress = len(images) > 1 and sys.stderr.isatty()
-    failed = 0
-    for done, path in enumerate(images, start=1):
-        if progress:
-            _progress(done - 1, len(images), path.name)
+    policy = RetryPolicy(args.retries, args.max_wait)
+    show = _Progress(len(images), enabled=len(images) > 1 and sys.stderr.isatty())
+    failures: Counter[str] = Counter()
+    retries = 0
+
+    def one(path: Path) -> None:
+        nonlocal retries
         try:
-            answer = segment(segment_url, path, args.format, args.timeout)
-            found = ", ".join(names.get(c, str(c)) for c in answer.classes) or "none"
-            line = (
-                f"{path}: {answer.width}x{answer.height}, classes: {found}, {answer.millis:.0f} ms"
+            answer, tried = segment_retrying(
+                segment_url, path, args.format, args.timeout, policy, random.Random()
             )
+            found = ", ".join(names.get(c, str(c)) for c in answer.classes) or "none"
+            line = f"{path}: {answer.width}x{answer.height}, classes: {found}, "
+            line += f"{answer.millis:.0f} ms"
+            if tried:
+                line += f", {tried} retries"
             if args.overlay:
                 out = (
                     overlay_dir / f"{path.stem}.overlay.png" if overlay_dir else Path(args.overlay)
                 )
                 write_overlay(path, answer, out)
                 line += f", overlay {out}"
-            if progress:
-                sys.stderr.write("\r\033[K")
-            print(line, flush=True)
+            show.done(path.name, line, sys.stdout)
+            with show.lock:
+                retries += tried
         except (ClientError, OSError, ValueError) as exc:
-            failed += 1
-            if progress:
-                sys.stderr.write("\r\033[K")
-            print(f"{PROG}: {path}: {exc}", file=sys.stderr, flush=True)
-    if progress:
-        _progress(len(images), len(images), "done")
-        sys.stderr.write("\n")
+            with show.lock:
+                failures[getattr(exc, "kind", type(exc).__name__)] += 1
+            show.done(path.name, f"{PROG}: {path}: {exc}", sys.stderr)
+
+    with ThreadPoolExecutor(max_workers=args.concurrency) as pool:
+        # list(): re-raises anything unexpected from a worker instead of dropping it.
+        list(pool.map(one, images))
+    show.finish()
+    failed = sum(failures.values())
     if failed:
-        print(f"{PROG}: {failed} of {len(images)} image(s) failed", file=sys.stderr)
+        kinds = ", ".join(f"{kind}: {n}" for kind, n in failures.most_common())
+        print(
+            f"{PROG}: {failed} of {len(images)} image(s) failed ({kinds}); "
+            f"{len(images) - failed} segmented, {retries} retries",
+            file=sys.stderr,
+        )
     return 1 if failed else 0
+
+
+class _Progress:
+    """Result lines as images finish, and a progress bar on stderr's terminal under them."""
+
+    def __init__(self, total: int, enabled: bool):
+        self.total, self.enabled, self.count = total, enabled, 0
+        self.lock = threading.Lock()
+
+    def done(self, name: str, line: str, stream) -> None:
+        with self.lock:
+            self.count += 1
+            if self.enabled:
+                sys.stderr.write("\r\033[K")
+            print(line, file=stream, flush=True)
+            if self.enabled:
+                self._bar(name)
+
+    def finish(self) -> None:
+        if self.enabled:
+            self._bar("done")
+            sys.stderr.write("\n")
+
+    def _bar(self, name: str) -> None:
+        width = 30
+        filled = width * self.count // self.total
+        bar = "#" * filled + "." * (width - filled)
+        sys.stderr.write(f"\r\033[K[{bar}] {self.count}/{self.total} {name}")
+        sys.stderr.flush()
 
 
 def _overlay_dir(overlay: str | None, count: int) -> Path | None:
@@ -186,19 +239,13 @@ def _class_names(url: str, timeout: float) -> dict[int, str]:
         return {}
 
 
-def _server_error(exc: urllib.error.HTTPError) -> str:
+def _server_error(exc: urllib.error.HTTPError) -> tuple[str, str]:
+    """The message shown for an error answer, and its kind for the summary."""
     try:
         body = json.loads(exc.read())
-        return f"HTTP {exc.code} {body['error']}: {body['detail']}"
+        return f"HTTP {exc.code} {body['error']}: {body['detail']}", f"{exc.code} {body['error']}"
     except Exception:
-        return f"HTTP {exc.code} {exc.reason}"
-
-
-def _progress(done: int, total: int, name: str) -> None:
-    width = 30
-    filled = width * done // total
-    sys.stderr.write(f"\r\033[K[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {name}")
-    sys.stderr.flush()
+        return f"HTTP {exc.code} {exc.reason}", f"{exc.code}"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -225,7 +272,38 @@ def _parser() -> argparse.ArgumentParser:
         "default: the fleet's default model",
     )
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
+    parser.add_argument(
+        "--concurrency",
+        type=_at_least(1),
+        default=1,
+        metavar="N",
+        help="images in flight at once (default 1: in order); lines print as images finish",
+    )
+    parser.add_argument(
+        "--retries",
+        type=_at_least(0),
+        default=4,
+        metavar="N",
+        help="retries per image of an answer 429, 502, 503 or 504 (default 4)",
+    )
+    parser.add_argument(
+        "--max-wait",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="the longest wait before one retry; a longer Retry-After fails the image (default 30)",
+    )
     return parser
+
+
+def _at_least(low: int):
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}")
+        return value
+
+    return parse
 
 
 if __name__ == "__main__":

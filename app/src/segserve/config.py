@@ -214,11 +214,21 @@ METRICS_PORT = Setting(
     help="a port whose requests may only be `GET /metrics` and `GET /healthz`; other "
     "ports are unaffected (see Run it with uWSGI)",
 )  # fmt: skip
+LOG_FORMAT = Setting(
+    "LOG_FORMAT", "choice", "json", choices=("json", "text"),
+    help="the log on stderr: one JSON object per line (model, worker, nginx's request id, "
+    "a request's status and stage timings), or the same as plain text (see Logs)",
+)  # fmt: skip
+LOG_REQUESTS = Setting(
+    "LOG_REQUESTS", "choice", "all", choices=("all", "errors", "none"),
+    help="which requests get a `request` record: all but the successful probes and scrapes "
+    "(`/healthz`, `/readyz`, `/metrics`), only those answered 4xx/5xx, or none",
+)  # fmt: skip
 
 SETTINGS = (
     WEIGHTS_PATH, WEIGHTS_SHA256, ARCH, DEVICE, GPU_COUNT, TORCH_THREADS, MAX_IMAGE_BYTES,
     MAX_PIXELS, MAX_JSON_BYTES, INPUT_SIZE, BACKEND, PRECISION, BACKEND_CHOICE, ONNX_PATH,
-    ONNX_SHA256, MODEL_NAME, METRICS_PORT,
+    ONNX_SHA256, MODEL_NAME, METRICS_PORT, LOG_FORMAT, LOG_REQUESTS,
 )  # fmt: skip
 # Anything under SEGSERVE_ not declared is reported as unknown, which catches typos such as
 # SEGSERVE_WIEGHTS_PATH.

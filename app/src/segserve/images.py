@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import orjson
 from PIL import Image, UnidentifiedImageError
 
 from segserve.errors import BadImage, TooLarge, UnsupportedMediaType
@@ -249,44 +250,14 @@ def encode_png(mask: np.ndarray) -> bytes:
     )
 
 
-_DIGITS = np.frombuffer(b"0123456789", dtype=np.uint8)
-_ROWS_PER_CHUNK_PIXELS = 1 << 20
-
-
 def mask_to_json(mask: np.ndarray) -> bytes:
-    """`json.dumps(mask.tolist(), separators=(",", ":"))` for a uint8 mask, without building
-    millions of Python ints: the digits are laid out with numpy and the unused ones dropped.
-    The same bytes, about 4x faster on a 520x520 mask (and far less memory).
+    """`json.dumps(mask.tolist(), separators=(",", ":"))` for a uint8 mask, the same bytes,
+    written by orjson straight from the array: no Python int per pixel is ever built
+    (bench/results/inprocess.md measures it beside the standard library).
     """
+    # orjson reads only C-contiguous arrays; a mask turned by EXIF orientation is a view.
     mask = np.ascontiguousarray(mask, dtype=np.uint8)
-    height, width = mask.shape
-    if height == 0:
-        return b"[]"
-    if width == 0:
-        return b"[" + b",".join([b"[]"] * height) + b"]"
-    rows_per_chunk = max(1, _ROWS_PER_CHUNK_PIXELS // width)
-    pieces = []
-    for start in range(0, height, rows_per_chunk):
-        values = mask[start : start + rows_per_chunk]
-        n = values.shape[0]
-        # Per row: "[" then, per value, up to three digits and a separator, then ",".
-        chars = np.empty((n, 2 + 4 * width), dtype=np.uint8)
-        keep = np.ones_like(chars, dtype=bool)
-        chars[:, 0] = ord("[")
-        cells = chars[:, 1:-1].reshape(n, width, 4)
-        cells[..., 0] = _DIGITS[values // 100]
-        cells[..., 1] = _DIGITS[(values // 10) % 10]
-        cells[..., 2] = _DIGITS[values % 10]
-        cells[..., 3] = ord(",")
-        cells[:, -1, 3] = ord("]")
-        kept = keep[:, 1:-1].reshape(n, width, 4)
-        kept[..., 0] = values >= 100
-        kept[..., 1] = values >= 10
-        chars[:, -1] = ord(",")
-        if start + n == height:
-            keep[-1, -1] = False
-        pieces.append(chars[keep].tobytes())
-    return b"[" + b"".join(pieces) + b"]"
+    return orjson.dumps(mask, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 def json_mask_min_bytes(width: int, height: int) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from flask import Blueprint, Request, Response, current_app, jsonify, request
+from flask import Blueprint, Request, Response, current_app, g, jsonify, request
 
 from segserve import metrics
 from segserve.errors import BadImage, JsonTooLarge, NotReady, TooLarge, UnsupportedMediaType
@@ -145,6 +145,7 @@ def _segment_json(result: Result, handler: SegmentationHandler, limit: int) -> b
 def _finish(result: Result, body: bytes, mimetype: str) -> Response:
     handler = current_app.extensions["segserve"]
     metrics.observe_stages(result.timings, handler.settings.model_name, handler.device)
+    g.segserve_timings = result.timings  # for the request's log record (segserve.app)
     response = Response(body, mimetype=mimetype)
     response.headers["Server-Timing"] = ", ".join(
         f"{stage};dur={seconds * 1000:.1f}" for stage, seconds in result.timings.items()

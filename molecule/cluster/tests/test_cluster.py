@@ -5,10 +5,11 @@ the other hosts through testinfra's Ansible backend.
 """
 
 import json
+import time
 
 import pytest
-from fleetlib import PHOTOS, address, fleet_host
-from fleetvars import ACCESS_LOG, HEALTH_PORT, UNIT, UWSGI_PORT
+from fleetlib import APP_HOSTS, PHOTOS, address, fleet_host, sh
+from fleetvars import ACCESS_LOG, DEFAULT_MODEL, HEALTH_PORT, UNIT, UWSGI_PORT
 
 testinfra_hosts = ["outsider"]
 
@@ -72,6 +73,39 @@ def test_both_app_hosts_served(host, lb_url, photos):
     upstreams = {json.loads(line).get("upstream_addr", "") for line in log.splitlines() if line}
     for app in ("app1", "app2"):
         assert any(address(app) in u for u in upstreams), (app, upstreams)
+
+
+def test_one_request_followed_from_nginx_to_the_worker(host, lb_url, photos):
+    """The id in the answer's X-Request-ID is in nginx's access log, with the app host that
+    served it, and in that host's journal, in the JSON record of the worker that did."""
+    headers = host.check_output(
+        f"curl -sS --max-time 60 -o /dev/null -D - -H 'Content-Type: image/jpeg'"
+        f" -H 'Accept: image/png' --data-binary @{photos[0]} {lb_url}/v1/segment"
+    )
+    request_id = next(
+        line.split(":", 1)[1].strip()
+        for line in headers.splitlines()
+        if line.lower().startswith("x-request-id:")
+    )
+    access = sh(fleet_host("lb1"), f"grep -F '\"{request_id}\"' {ACCESS_LOG}")
+    (served,) = [e for e in map(json.loads, access.splitlines()) if e["upstream_addr"]]
+    assert served["status"] == 200, served
+    app = next(a for a in APP_HOSTS if served["upstream_addr"].startswith(f"{address(a)}:"))
+    deadline = time.monotonic() + 15
+    while True:
+        journal = sh(fleet_host(app), f"journalctl -u {UNIT} -o cat --no-pager -n 2000")
+        mine = [
+            json.loads(line)
+            for line in journal.splitlines()
+            if line.startswith("{") and request_id in line
+        ]
+        if mine or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    (record,) = mine
+    assert record["message"] == "request" and record["request_id"] == request_id
+    assert record["model"] == DEFAULT_MODEL and record["worker"] >= 1 and record["status"] == 200
+    assert record["endpoint"] == "/v1/segment" and record["stages_ms"]["inference"] > 0
 
 
 def test_bad_input_is_a_json_400_through_nginx(host, lb_url):

@@ -92,3 +92,32 @@ def test_rate_limit_still_applies_to_other_clients(client, report):
         None,
         [f"40 requests, 4 at a time, from lb1's loopback: {dict(counts)}"],
     )
+
+
+def test_client_retries_through_the_limits(report):
+    """segserve-client from a counted address, more images at once than nginx admits from
+    one address: without retries some get nginx's 429; with them, every image is segmented."""
+    lb1 = fleet_host("lb1")
+    client = (
+        "env PYTHONPATH=/srv/client python3 -m segserve.client --url http://127.0.0.1"
+        f" --concurrency 20 {' '.join([f'{PHOTOS}/coffee.jpg'] * 30)}"
+    )
+    refused = lb1.run(f"timeout 300 {client} --retries 0")
+    assert refused.rc == 1, refused.stderr
+    summary = refused.stderr.strip().splitlines()[-1]
+    assert "429 rate_limited" in summary, summary
+    riding = lb1.run(f"timeout 600 {client} --retries 10")
+    assert riding.rc == 0, riding.stderr
+    lines = riding.stdout.strip().splitlines()
+    retries = sum(int(m.group(1)) for m in map(re.compile(r", (\d+) retries").search, lines) if m)
+    assert len(lines) == 30 and retries > 0, (retries, riding.stdout)
+    report.add(
+        "Client retries",
+        "segserve-client honours nginx's 429 and its Retry-After: 30 images, 20 at a time, from"
+        " lb1's loopback (rate limit 10 r/s burst 20, 16 in flight per address).",
+        None,
+        [
+            f"--retries 0: {summary.removeprefix('segserve-client: ')}",
+            f"--retries 10: all 30 segmented after {retries} retries in all",
+        ],
+    )
