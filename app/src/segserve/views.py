@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import importlib.resources
 import json
 
 from flask import Blueprint, Request, Response, current_app, g, jsonify, request
@@ -67,6 +69,17 @@ def readyz() -> Response:
 @bp.get("/v1/model")
 def model() -> Response:
     return jsonify(_ready_handler().describe())
+
+
+@bp.get("/openapi.json")
+def openapi() -> Response:
+    return Response(_openapi_document(), mimetype="application/json")
+
+
+@functools.cache
+def _openapi_document() -> bytes:
+    """The API's OpenAPI 3.1 description, shipped in the package (src/segserve/openapi.json)."""
+    return importlib.resources.files("segserve").joinpath("openapi.json").read_bytes()
 
 
 @bp.get("/metrics")

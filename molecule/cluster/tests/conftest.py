@@ -22,6 +22,7 @@ TEST_MODULES = [
     # What nobody may reach, and what nginx shows: read-only, or restored by each case.
     "test_lockdown.py",
     "test_edge.py",
+    "test_openapi.py",
     # Faults under load, each restored before the next: workers, bad input, whole hosts.
     "test_worker_faults.py",
     "test_fuzz.py",
