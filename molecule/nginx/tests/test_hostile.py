@@ -50,6 +50,22 @@ def test_only_the_api_reaches_the_app_hosts(host):
         assert marker not in app_host(name).check_output("journalctl -u stub-app --no-pager")
 
 
+def test_a_405_names_the_methods_allowed(host):
+    # RFC 9110 15.5.6: a 405 carries Allow. TRACE is refused before any location is chosen.
+    cases = [
+        ("GET", "/v1/segment", "POST"),
+        ("PUT", "/infer?x=1", "POST"),
+        ("POST", "/v1/model", "GET, HEAD"),
+        ("TRACE", "/healthz", "GET, HEAD"),
+        ("DELETE", "/openapi.json", "GET, HEAD"),
+        ("POST", "/v1/models", "GET, HEAD"),
+    ]
+    for method, path, allowed in cases:
+        response = http(host, API + path, "-X", method)
+        assert response.status == 405, (method, path, response.status)
+        assert response.headers.get("allow") == allowed, (method, path, response.headers)
+
+
 def test_app_sees_only_the_headers_it_reads(host):
     response = http(
         host,
