@@ -145,7 +145,7 @@ def test_retries_are_bounded_and_the_summary_says_what_failed(front):
     assert result.returncode == 1
     assert len(server.posts) == 6, "each image: the first try and 2 retries"
     assert "HTTP 503 slow_down: refused by the test (after 2 retries)" in result.stderr
-    assert "2 of 2 image(s) failed (503 slow_down: 2); 0 segmented" in result.stderr
+    assert "2 of 2 image(s) failed (503 slow_down: 2); 0 segmented, 4 retries" in result.stderr
 
 
 def test_a_wait_beyond_max_wait_fails_at_once(front):
@@ -184,8 +184,19 @@ def test_parse_retry_after():
     assert parse_retry_after("3") == 3.0
     assert parse_retry_after(formatdate(now + 7, usegmt=True), now=now) == pytest.approx(7)
     assert parse_retry_after(formatdate(now - 7, usegmt=True), now=now) == 0.0
-    for unreadable in (None, "", "soon", "-1", "1.5"):
+    # asctime, one of the three HTTP-date forms, names no zone: it is GMT.
+    asctime = time.asctime(time.gmtime(now + 7))
+    assert parse_retry_after(asctime, now=now) == pytest.approx(7)
+    for unreadable in (None, "", "soon", "-1", "1.5", "\u00b2", "9" * 40):
         assert parse_retry_after(unreadable) is None
+
+
+@pytest.mark.parametrize("bad", ["-1", "nan", "inf", "99999"])
+def test_max_wait_must_be_a_sane_number_of_seconds(bad):
+    result = run_client(
+        str(samples.path("chelsea.jpg")), "--url", "http://127.0.0.1:9", "--max-wait", bad
+    )
+    assert result.returncode == 2 and "--max-wait" in result.stderr
 
 
 def test_waits_are_never_sooner_than_asked_and_never_past_the_bound():

@@ -2,7 +2,7 @@
 generates requests from it for every operation the app serves, well-formed and not, sends
 them to the real uWSGI server, and checks every answer: no 5xx, and every status, content
 type, header and body as the document says. The routes only nginx answers (/v1/models...)
-are checked through nginx in molecule/cluster (test_edge.py)."""
+are checked through nginx in molecule/cluster (tests/test_openapi.py)."""
 
 from __future__ import annotations
 

@@ -47,7 +47,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         # A test may pass Flask's own keys (TESTING, ...) beside segserve's.
         app.config.update({k: v for k, v in values.items() if k in app.config})
         values = {k: v for k, v in values.items() if k not in app.config}
-    logs.configure(str(values.get(LOG_FORMAT.key, LOG_FORMAT.default)))
+    logs.configure(str(values.get(LOG_FORMAT.key, LOG_FORMAT.default)).strip().lower())
     logs.set_context(worker=gpus.worker_id())
     for name in unknown_keys(values):
         log.warning("ignoring unknown setting %s", name)

@@ -124,6 +124,7 @@ def segment_retrying(
             attempt += 1
             wait = policy.wait(attempt, exc.retry_after, rng)
             if wait is None:
+                exc.retries = attempt - 1
                 if exc.retry_after is not None and exc.retry_after > policy.max_wait:
                     exc.args = (
                         f"{exc}; the server asks for a retry after {exc.retry_after:.0f}"
@@ -168,14 +169,24 @@ def main(argv: list[str] | None = None) -> int:
             show.done(path.name, line, sys.stdout)
             with show.lock:
                 retries += tried
-        except (ClientError, OSError, ValueError) as exc:
+        except Exception as exc:
+            # One image's failure, whatever it is (a server's odd answer included), is
+            # reported and counted; the other images go on.
             with show.lock:
                 failures[getattr(exc, "kind", type(exc).__name__)] += 1
+                retries += getattr(exc, "retries", 0)
             show.done(path.name, f"{PROG}: {path}: {exc}", sys.stderr)
 
-    with ThreadPoolExecutor(max_workers=args.concurrency) as pool:
+    pool = ThreadPoolExecutor(max_workers=args.concurrency)
+    try:
         # list(): re-raises anything unexpected from a worker instead of dropping it.
         list(pool.map(one, images))
+    except KeyboardInterrupt:
+        # Images not yet started are dropped; those in flight end at their timeout.
+        pool.shutdown(wait=False, cancel_futures=True)
+        print(f"\n{PROG}: interrupted", file=sys.stderr)
+        return 130
+    pool.shutdown()
     show.finish()
     failed = sum(failures.values())
     if failed:
@@ -288,12 +299,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--max-wait",
-        type=float,
+        type=_seconds,
         default=30.0,
         metavar="SECONDS",
         help="the longest wait before one retry; a longer Retry-After fails the image (default 30)",
     )
     return parser
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 3600:
+        raise argparse.ArgumentTypeError("must be a number of seconds from 0 to 3600")
+    return value
 
 
 def _at_least(low: int):

@@ -9,8 +9,10 @@ clients refused together do not all come back together.
 
 from __future__ import annotations
 
+import datetime
 import email.utils
 import random
+import re
 import time
 from dataclasses import dataclass
 
@@ -49,12 +51,15 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if re.fullmatch(r"[0-9]{1,9}", value):
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, IndexError):
         return None
-    if when is None or when.tzinfo is None:
+    if when is None:
         return None
+    if when.tzinfo is None:
+        # asctime dates carry no zone; HTTP dates are always GMT (RFC 9110 5.6.7).
+        when = when.replace(tzinfo=datetime.timezone.utc)
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
