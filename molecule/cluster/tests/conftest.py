@@ -19,6 +19,9 @@ TEST_MODULES = [
     # prepare.yml started is read and stopped here), then the basic service.
     "test_attacks.py",
     "test_cluster.py",
+    # site.yml --check --diff on the fleet as converged: nothing to report; then hosts never
+    # deployed, put in the app and lb groups for the check alone.
+    "test_check_mode.py",
     # What nobody may reach, and what nginx shows: read-only, or restored by each case.
     "test_lockdown.py",
     "test_edge.py",

@@ -1,0 +1,79 @@
+"""`ansible-playbook site.yml --check --diff`, as an operator runs it before a change: on the
+fleet as converged it reports no change and no error, and on hosts never deployed it stops at
+once with why, rather than guessing a change or failing on what an install would have made."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from fleetlib import APP_HOSTS, INVENTORY, fleet_host, master_pid
+from fleetvars import PROJECT, RESTART_MARKER
+
+testinfra_hosts = ["outsider"]
+
+PLAYBOOK = Path(sys.executable).parent / "ansible-playbook"
+RECAP = re.compile(
+    r"^(\S+)\s+: ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.MULTILINE
+)
+
+
+def check(*args, inventories=(INVENTORY,)):
+    """Run a playbook in check mode with diffs; its plain output and {host: (changed, failed)}."""
+    sources = [part for inventory in inventories for part in ("-i", str(inventory))]
+    run = subprocess.run(
+        [str(PLAYBOOK), *sources, *args, "--check", "--diff"],
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    # Molecule forces Ansible's colours on (ANSIBLE_FORCE_COLOR): read the plain text.
+    out = re.sub(r"\x1b\[[0-9;]*m", "", run.stdout + run.stderr)
+    recap = {m[0]: (int(m[2]), int(m[4]) + int(m[3])) for m in RECAP.findall(out)}
+    return run.returncode, out, recap
+
+
+def test_check_on_the_converged_fleet_reports_nothing():
+    masters = {name: master_pid(fleet_host(name)) for name in APP_HOSTS}
+    rc, out, recap = check(str(PROJECT / "site.yml"))
+    changed = re.findall(r"TASK \[([^\]]+)\][^\n]*\n(?:[^\n]*\n)*?changed: \[(\w+)", out)
+    assert rc == 0, out[-4000:]
+    assert set(recap) >= {"lb1", *APP_HOSTS}, recap
+    assert all(counts == (0, 0) for counts in recap.values()), (recap, changed)
+    assert "--- before" not in out, "a check on the converged fleet showed a diff"
+    for name in APP_HOSTS:
+        app = fleet_host(name)
+        assert master_pid(app) == masters[name], f"the check restarted the service on {name}"
+        assert not app.file(RESTART_MARKER).exists, f"the check left a restart owed on {name}"
+
+
+def test_check_of_hosts_never_deployed_stops_with_why(tmp_path):
+    """The outsider and attacker hosts, never provisioned, put in the app and lb groups by a
+    second inventory source: each tier's check stops before it reports any change."""
+    extra = tmp_path / "never_deployed.ini"
+    extra.write_text("[app]\noutsider\n\n[lb]\nattacker\n")
+    inventories = (INVENTORY, extra)
+    outsider, attacker = fleet_host("outsider"), fleet_host("attacker")
+
+    rc, out, recap = check(
+        str(PROJECT / "playbooks" / "app.yml"), "--limit", "outsider", inventories=inventories
+    )
+    assert rc != 0 and recap.get("outsider") == (0, 1), (recap, out[-3000:])
+    assert (
+        "Check mode cannot predict this deploy of segserve on outsider: its virtualenv"
+        " (/opt/segserve/venv) was never filled here" in re.sub(r"\s+", " ", out)
+    ), out[-3000:]
+    assert not outsider.file("/opt/segserve").exists
+
+    rc, out, recap = check(
+        str(PROJECT / "playbooks" / "lb.yml"), "--limit", "attacker", inventories=inventories
+    )
+    assert rc != 0 and recap.get("attacker") == (0, 1), (recap, out[-3000:])
+    assert (
+        "Check mode cannot predict the first configuration of nginx on attacker: nginx is not"
+        " installed there yet" in re.sub(r"\s+", " ", out)
+    ), out[-3000:]
+    assert not attacker.exists("nginx")
