@@ -15,13 +15,13 @@ PLAYBOOK = """\
   gather_facts: {gather_facts}
   roles:
     # The fleet's values, from which the roles' defaults derive.
-    - role: segserve
+    - role: segserve.fleet.segserve
   tasks:
 {includes}"""
 INCLUDE = """\
     - name: Run {tasks}
       ansible.builtin.include_role:
-        name: {role}
+        name: segserve.fleet.{role}
         tasks_from: {tasks}
 """
 # localhost is the one app host: the nginx role has an upstream to resolve, the fleet's
@@ -35,7 +35,9 @@ all:
           ansible_connection: local
           ansible_python_interpreter: "{{ ansible_playbook_python }}"
           uwsgi_app_listen_address: 10.0.0.5
-"""
+          # What this repository's playbooks set (playbooks/group_vars/all/app.yml).
+          uwsgi_app_src: APP_SRC
+""".replace("APP_SRC", str(ROOT / "app"))
 
 
 def run_preflight(tmp_path: Path, role: str, extra: dict, gather_facts: bool = False):

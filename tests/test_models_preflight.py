@@ -9,7 +9,7 @@ import pytest
 import yaml
 from preflight import INVENTORY, ROOT, run_playbook, run_preflight
 
-sys.path.insert(0, str(ROOT / "roles" / "segserve" / "filter_plugins"))
+sys.path.insert(0, str(ROOT / "plugins" / "filter"))
 sys.path.insert(0, str(ROOT / "app" / "src"))
 from segserve_models import (  # noqa: E402
     segserve_model_instances,
@@ -79,11 +79,11 @@ CHECK_PLAY = """\
   hosts: app
   gather_facts: true
   roles:
-    - role: segserve
+    - role: segserve.fleet.segserve
   tasks:
     - name: List the models this host serves
       ansible.builtin.include_role:
-        name: uwsgi_app
+        name: segserve.fleet.uwsgi_app
         tasks_from: instances.yml
     - name: Check every model of this host before deploying any
       ansible.builtin.include_tasks:

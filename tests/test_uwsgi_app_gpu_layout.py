@@ -10,13 +10,13 @@ from preflight import run_uwsgi_app_render
 
 LAYOUT = """\
     - name: Plan the {name} layout
-      ansible.builtin.include_role: {{name: uwsgi_app, tasks_from: plan.yml}}
+      ansible.builtin.include_role: {{name: segserve.fleet.uwsgi_app, tasks_from: plan.yml}}
       vars: &{name}
         cuda_gpu_count: 8
         uwsgi_app_device: "{device}"
         uwsgi_app_config_dir: "{out}/{name}"
     - name: Render the {name} layout
-      ansible.builtin.include_role: {{name: uwsgi_app, tasks_from: configure.yml}}
+      ansible.builtin.include_role: {{name: segserve.fleet.uwsgi_app, tasks_from: configure.yml}}
       vars: *{name}
 """
 PLAY = """\
@@ -24,7 +24,7 @@ PLAY = """\
   hosts: localhost
   gather_facts: true
   roles:
-    - role: segserve
+    - role: segserve.fleet.segserve
   tasks:
 {layouts}"""
 DEVICES = {"spread": "auto", "pinned": "cuda:3", "cpu": "cpu"}

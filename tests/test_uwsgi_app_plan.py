@@ -12,22 +12,22 @@ PLAY = """\
   hosts: localhost
   gather_facts: true
   roles:
-    - role: segserve
+    - role: segserve.fleet.segserve
   tasks:
     - name: Plan on a host that has nothing
-      ansible.builtin.include_role: {{name: uwsgi_app, tasks_from: plan.yml}}
+      ansible.builtin.include_role: {{name: segserve.fleet.uwsgi_app, tasks_from: plan.yml}}
     - name: Keep the first plan
       ansible.builtin.copy:
         {{content: "{{{{ uwsgi_app_plan | to_json }}}}", dest: "{out}/1.json", mode: "0644"}}
     - name: Render the service's files
-      ansible.builtin.include_role: {{name: uwsgi_app, tasks_from: configure.yml}}
+      ansible.builtin.include_role: {{name: segserve.fleet.uwsgi_app, tasks_from: configure.yml}}
     - name: Plan again
-      ansible.builtin.include_role: {{name: uwsgi_app, tasks_from: plan.yml}}
+      ansible.builtin.include_role: {{name: segserve.fleet.uwsgi_app, tasks_from: plan.yml}}
     - name: Keep the second plan
       ansible.builtin.copy:
         {{content: "{{{{ uwsgi_app_plan | to_json }}}}", dest: "{out}/2.json", mode: "0644"}}
     - name: Plan with another harakiri
-      ansible.builtin.include_role: {{name: uwsgi_app, tasks_from: plan.yml}}
+      ansible.builtin.include_role: {{name: segserve.fleet.uwsgi_app, tasks_from: plan.yml}}
       vars:
         uwsgi_app_harakiri_s: 30
     - name: Keep the third plan

@@ -51,15 +51,19 @@ def test_check_on_the_converged_fleet_reports_nothing():
 
 
 def test_check_of_hosts_never_deployed_stops_with_why(tmp_path):
-    """The outsider and attacker hosts, never provisioned, put in the app and lb groups by a
-    second inventory source: each tier's check stops before it reports any change."""
-    extra = tmp_path / "never_deployed.ini"
-    extra.write_text("[app]\noutsider\n\n[lb]\nattacker\n")
-    inventories = (INVENTORY, extra)
+    """The outsider host, never provisioned, put in the app group by a second inventory
+    source, and the attacker host in the lb group: each tier's check stops before it reports
+    any change. The lb check includes the app hosts, whose facts name the upstream."""
+    app_extra, lb_extra = tmp_path / "new_app.ini", tmp_path / "new_lb.ini"
+    app_extra.write_text("[app]\noutsider\n")
+    lb_extra.write_text("[lb]\nattacker\n")
     outsider, attacker = fleet_host("outsider"), fleet_host("attacker")
 
     rc, out, recap = check(
-        str(PROJECT / "playbooks" / "app.yml"), "--limit", "outsider", inventories=inventories
+        str(PROJECT / "playbooks" / "app.yml"),
+        "--limit",
+        "outsider",
+        inventories=(INVENTORY, app_extra),
     )
     assert rc != 0 and recap.get("outsider") == (0, 1), (recap, out[-3000:])
     assert (
@@ -69,9 +73,13 @@ def test_check_of_hosts_never_deployed_stops_with_why(tmp_path):
     assert not outsider.file("/opt/segserve").exists
 
     rc, out, recap = check(
-        str(PROJECT / "playbooks" / "lb.yml"), "--limit", "attacker", inventories=inventories
+        str(PROJECT / "playbooks" / "lb.yml"),
+        "--limit",
+        f"attacker,{','.join(APP_HOSTS)}",
+        inventories=(INVENTORY, lb_extra),
     )
     assert rc != 0 and recap.get("attacker") == (0, 1), (recap, out[-3000:])
+    assert all(recap.get(name, (0, 0))[0] == 0 for name in APP_HOSTS), recap
     assert (
         "Check mode cannot predict the first configuration of nginx on attacker: nginx is not"
         " installed there yet" in re.sub(r"\s+", " ", out)

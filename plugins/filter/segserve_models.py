@@ -1,7 +1,7 @@
 """The fleet's model list (segserve_models), checked and resolved once for every tier.
 
-`segserve_models_problems` says what is wrong with the list, one sentence per problem, for the
-fleet's preflight to print; `segserve_models_resolve` turns a valid list into what the plays
+`segserve.fleet.models_problems` says what is wrong with the list, one sentence per problem, for the
+fleet's preflight to print; `segserve.fleet.models_resolve` turns a valid list into what the plays
 read: each model's name, whether it is the default (the first), its port (None for the
 default, which keeps the app role's own), the app hosts that serve it, in inventory order,
 and the settings it gives its uwsgi_app instance.
@@ -144,9 +144,9 @@ def segserve_models_resolve(models, groups, app_group):
 class FilterModule:
     def filters(self):
         return {
-            "segserve_models_problems": segserve_models_problems,
-            "segserve_models_resolve": segserve_models_resolve,
-            "segserve_model_instances": segserve_model_instances,
+            "models_problems": segserve_models_problems,
+            "models_resolve": segserve_models_resolve,
+            "model_instances": segserve_model_instances,
         }
 
 
