@@ -12,8 +12,8 @@ from loadlib import LOADGEN, LOADGEN_SRC, Load, Report, brief
 
 HERE = Path(__file__).resolve().parent
 # The order the test modules run in, whatever order they are collected in (Molecule passes
-# them sorted by name). All but test_cluster.py add their cases to the report. Every
-# test_*.py here must be listed: collection fails otherwise.
+# them sorted by name). All but test_cluster.py and test_check_mode.py add their cases to
+# the report. Every test_*.py here must be listed: collection fails otherwise.
 TEST_MODULES = [
     # On the fleet as converged: hostile traffic from the attacker host (the port prober that
     # prepare.yml started is read and stopped here), then the basic service.
