@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
+import socket
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -229,3 +232,57 @@ def test_metrics_port_is_the_http_sockets_own(weights_file, tmp_path):
     finally:
         returncode = server.stop()
     assert returncode == 0, server.log()[-3000:]
+
+
+def test_metrics_carry_the_masters_counts(weights_file, tmp_path):
+    """/metrics adds what only uWSGI's master knows, read from its stats server: a worker
+    killed by harakiri (here a client that sends half its body, straight to uWSGI with no
+    nginx in front) and one killed by a signal are both counted, which no code in the dead
+    worker could have done."""
+    stats_port = free_port()
+    server = UwsgiServer(
+        weights_file,
+        tmp_path,
+        ("--processes", "1", "--harakiri", "2", "--stats", f"127.0.0.1:{stats_port}",
+         "--stats-http"),
+        SEGSERVE_UWSGI_STATS_PORT=str(stats_port),
+    )  # fmt: skip
+
+    def scrape(name: str, **labels: str) -> float:
+        text = requests.get(f"{server.url}/metrics", timeout=10).text
+        return metric(text, name, model="default", **labels)
+
+    def worker_pid() -> int:
+        stats = requests.get(f"http://127.0.0.1:{stats_port}", timeout=10).json()
+        return stats["workers"][0]["pid"]
+
+    def respawned(count: int) -> None:
+        deadline = time.monotonic() + 120
+        while scrape("segserve_uwsgi_worker_respawns_total") < count:
+            assert time.monotonic() < deadline, server.log()[-3000:]
+            time.sleep(0.5)
+        server.wait_ready()
+
+    try:
+        server.wait_ready()
+        assert scrape("segserve_uwsgi_stats_up") == 1
+        assert scrape("segserve_uwsgi_workers") == 1
+        assert scrape("segserve_uwsgi_worker_respawns_total") == 0
+        assert scrape("segserve_uwsgi_harakiri_total") == 0
+        # app/uwsgi.ini's max-requests, as uWSGI itself read it.
+        assert scrape("segserve_uwsgi_max_requests") == 5000
+
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as client:
+            client.sendall(
+                b"POST /v1/segment HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+                b"Content-Length: 100000\r\n\r\n" + GOOD["jpeg"][0][:1000]
+            )
+            respawned(1)
+        assert scrape("segserve_uwsgi_harakiri_total") == 1
+
+        os.kill(worker_pid(), signal.SIGKILL)
+        respawned(2)
+        assert scrape("segserve_uwsgi_harakiri_total") == 1
+        assert scrape("segserve_uwsgi_workers_busy") >= 0
+    finally:
+        server.stop()

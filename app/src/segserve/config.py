@@ -214,6 +214,11 @@ METRICS_PORT = Setting(
     help="a port whose requests may only be `GET /metrics` and `GET /healthz`; other "
     "ports are unaffected (see Run it with uWSGI)",
 )  # fmt: skip
+UWSGI_STATS_PORT = Setting(
+    "UWSGI_STATS_PORT", "port", None, high=65535,
+    help="the port of uWSGI's stats server on 127.0.0.1 (`stats-http`): `/metrics` then adds "
+    "the master's counts (workers, busy workers, respawns, harakiri kills, listen queue)",
+)  # fmt: skip
 LOG_FORMAT = Setting(
     "LOG_FORMAT", "choice", "json", choices=("json", "text"),
     help="the log on stderr: one JSON object per line (model, worker, nginx's request id, "
@@ -228,7 +233,7 @@ LOG_REQUESTS = Setting(
 SETTINGS = (
     WEIGHTS_PATH, WEIGHTS_SHA256, ARCH, DEVICE, GPU_COUNT, TORCH_THREADS, MAX_IMAGE_BYTES,
     MAX_PIXELS, MAX_JSON_BYTES, INPUT_SIZE, BACKEND, PRECISION, BACKEND_CHOICE, ONNX_PATH,
-    ONNX_SHA256, MODEL_NAME, METRICS_PORT, LOG_FORMAT, LOG_REQUESTS,
+    ONNX_SHA256, MODEL_NAME, METRICS_PORT, UWSGI_STATS_PORT, LOG_FORMAT, LOG_REQUESTS,
 )  # fmt: skip
 # Anything under SEGSERVE_ not declared is reported as unknown, which catches typos such as
 # SEGSERVE_WIEGHTS_PATH.

@@ -12,8 +12,10 @@ mode "max", see BUILD_INFO.
 
 from __future__ import annotations
 
+import json
 import os
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -26,6 +28,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 
 # From 5 ms (decode of a small PNG) to 20 s (a huge image on a busy CPU); the 0.1-0.5 s band
@@ -101,9 +104,120 @@ def observe_stages(timings: dict[str, float], model: str, device: str) -> None:
         STAGE_SECONDS.labels(model, stage, device).observe(seconds)
 
 
-def render() -> tuple[bytes, str]:
+class UwsgiStats:
+    """What only uWSGI's master knows, read from its stats server when /metrics is scraped:
+    the workers and how many are busy, worker respawns, harakiri kills and the listen queues.
+    A worker killed by harakiri, the OOM killer or a crash runs no code of its own, so no
+    counter of the app could count it; the master counts every one.
+
+    uWSGI counts a worker's first spawn in its respawn_count; respawns here leave it out, so
+    a fresh master reports 0 and Prometheus reads a restart of the service as a counter
+    reset. max-requests recycling respawns workers too: its value is exported beside, so a
+    rule can tell planned recycling from deaths (roles/prometheus' rules do).
+    """
+
+    def __init__(self, port: int, model: str, timeout_s: float = 2.0):
+        self.url = f"http://127.0.0.1:{port}/"
+        self.model = model
+        self.timeout_s = timeout_s
+
+    def collect(self):
+        up = GaugeMetricFamily(
+            "segserve_uwsgi_stats_up",
+            "1 if uWSGI's stats server answered this scrape, else 0.",
+            labels=["model"],
+        )
+        try:
+            with urllib.request.urlopen(self.url, timeout=self.timeout_s) as answer:
+                stats = json.load(answer)
+        except (OSError, ValueError):
+            up.add_metric([self.model], 0)
+            yield up
+            return
+        up.add_metric([self.model], 1)
+        yield up
+        workers = stats.get("workers", [])
+        labels = [self.model]
+        yield _gauge("segserve_uwsgi_workers", "Worker processes uWSGI runs.", labels,
+                     len(workers))  # fmt: skip
+        yield _gauge(
+            "segserve_uwsgi_workers_busy", "Workers in a request now.", labels,
+            sum(1 for w in workers if w.get("status") == "busy"),
+        )  # fmt: skip
+        respawns = sum(max(int(w.get("respawn_count", 0)) - 1, 0) for w in workers)
+        yield _counter(
+            "segserve_uwsgi_worker_respawns",
+            "Workers respawned since the master started (deaths, harakiri, max-requests and "
+            "reload-on-rss recycling).", labels, respawns,
+        )  # fmt: skip
+        yield _counter(
+            "segserve_uwsgi_harakiri",
+            "Workers killed by harakiri since the master started.", labels,
+            sum(int(w.get("harakiri_count", 0)) for w in workers),
+        )  # fmt: skip
+        queue = GaugeMetricFamily(
+            "segserve_uwsgi_listen_queue",
+            "Connections waiting in a socket's listen queue for a free worker.",
+            labels=["model", "socket"],
+        )
+        for socket in stats.get("sockets", []):
+            queue.add_metric([self.model, str(socket.get("name", ""))], socket.get("queue", 0))
+        yield queue
+        yield _counter(
+            "segserve_uwsgi_listen_queue_errors",
+            "Connections refused because the listen queue was full.", labels,
+            stats.get("listen_queue_errors", 0),
+        )  # fmt: skip
+        max_requests = _uwsgi_option("max-requests")
+        if max_requests:
+            yield _gauge(
+                "segserve_uwsgi_max_requests",
+                "Requests after which uWSGI recycles a worker (max-requests).", labels,
+                max_requests,
+            )  # fmt: skip
+
+
+def _gauge(name: str, documentation: str, labels: list[str], value: float):
+    family = GaugeMetricFamily(name, documentation, labels=["model"])
+    family.add_metric(labels, value)
+    return family
+
+
+def _counter(name: str, documentation: str, labels: list[str], value: float):
+    family = CounterMetricFamily(name, documentation, labels=["model"])
+    family.add_metric(labels, value)
+    return family
+
+
+def _uwsgi_option(name: str) -> int:
+    """An integer option of the running uWSGI (0 when not under uWSGI or not set)."""
+    try:
+        import uwsgi  # only importable inside a uWSGI worker
+    except ImportError:
+        return 0
+    value = uwsgi.opt.get(name)
+    if isinstance(value, list):  # an option given twice: the last one counts
+        value = value[-1]
+    try:
+        return int(value.decode() if isinstance(value, bytes) else value)
+    except (TypeError, ValueError):
+        return 0
+
+
+def render(model: str = "default", uwsgi_stats_port: int | None = None) -> tuple[bytes, str]:
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         MultiProcessCollector(registry)
-        return generate_latest(registry), CONTENT_TYPE_LATEST
-    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+    else:
+        registry = CollectorRegistry()
+        registry.register(_ProcessRegistry())
+    if uwsgi_stats_port is not None:
+        registry.register(UwsgiStats(uwsgi_stats_port, model))
+    return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+class _ProcessRegistry:
+    """This process's own metrics (the default registry), inside a registry of its own."""
+
+    def collect(self):
+        return REGISTRY.collect()

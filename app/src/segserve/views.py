@@ -84,7 +84,8 @@ def _openapi_document() -> bytes:
 
 @bp.get("/metrics")
 def prometheus_metrics() -> Response:
-    body, content_type = metrics.render()
+    settings = current_app.extensions["segserve"].settings
+    body, content_type = metrics.render(settings.model_name, settings.uwsgi_stats_port)
     return Response(body, content_type=content_type)
 
 
