@@ -147,6 +147,8 @@ class FilterModule:
             "models_problems": segserve_models_problems,
             "models_resolve": segserve_models_resolve,
             "model_instances": segserve_model_instances,
+            "metrics_targets": segserve_metrics_targets,
+            "exporter_targets": segserve_exporter_targets,
         }
 
 
@@ -169,3 +171,57 @@ def segserve_model_instances(models, host, base_name, base_port, base_settings):
         )
         instances.append(instance)
     return instances
+
+
+# The uwsgi_app role gives each instance a block of four ports: uwsgi, health, metrics, stats.
+METRICS_PORT_OFFSET = 2
+
+
+def _address(values, address_var):
+    """A host's private address: `address_var` where the inventory sets it, else its
+    default IPv4 fact, else ansible_host; in brackets when IPv6, for host:port."""
+    facts = values.get("ansible_facts") or {}
+    for candidate in (
+        values.get(address_var),
+        (facts.get("default_ipv4") or {}).get("address"),
+        values.get("ansible_host"),
+    ):
+        text = str(candidate or "").strip()
+        if text and text not in ("0.0.0.0", "::", "[::]", "*"):
+            return f"[{text}]" if ":" in text else text
+    return ""
+
+
+def segserve_metrics_targets(models, hostvars, default_port):
+    """Prometheus static_configs for every app host's instance of every model (resolved
+    list): its metrics port on its private address, labelled with the inventory host. The
+    default model's instance reads the host's uwsgi_app_port and uwsgi_app_metrics_port;
+    another model's takes its own port's block. An instance whose metrics port is 0 (turned
+    off) is left out. A host without an address gives an empty address, for the caller's
+    check."""
+    configs = []
+    for model in models:
+        for host in model["hosts"]:
+            values = hostvars[host]
+            if model["default"]:
+                port = int(values.get("uwsgi_app_port", default_port))
+                metrics = int(values.get("uwsgi_app_metrics_port", port + METRICS_PORT_OFFSET))
+            else:
+                metrics = int(model["port"]) + METRICS_PORT_OFFSET
+            if metrics == 0:
+                continue
+            address = _address(values, "uwsgi_app_listen_address")
+            configs.append({"targets": [f"{address}:{metrics}"], "labels": {"host": host}})
+    return configs
+
+
+def segserve_exporter_targets(hosts, hostvars, port_var, default_port):
+    """Prometheus static_configs for one exporter on each of `hosts`: the port the host sets
+    in `port_var`, else `default_port`, on its exporters_listen_address or private address."""
+    configs = []
+    for host in hosts:
+        values = hostvars[host]
+        port = int(values.get(port_var, default_port))
+        address = _address(values, "exporters_listen_address")
+        configs.append({"targets": [f"{address}:{port}"], "labels": {"host": host}})
+    return configs
