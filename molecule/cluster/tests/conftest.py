@@ -22,6 +22,8 @@ TEST_MODULES = [
     # site.yml --check --diff on the fleet as converged: nothing to report; then hosts never
     # deployed, put in the app and lb groups for the check alone.
     "test_check_mode.py",
+    # Prometheus on monitor1: every target up, a known burst counted, the dashboard's queries.
+    "test_monitoring.py",
     # What nobody may reach, and what nginx shows: read-only, or restored by each case.
     "test_lockdown.py",
     "test_edge.py",

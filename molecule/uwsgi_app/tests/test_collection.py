@@ -14,6 +14,8 @@ import sys
 import tarfile
 from pathlib import Path
 
+import yaml
+
 PROJECT = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"])
 BIN = Path(sys.executable).parent
 VERSION = "0.1.0+collection"
@@ -52,7 +54,8 @@ def test_the_installed_collection_deploys_a_built_wheel(host, tmp_path):
     env.update(ANSIBLE_COLLECTIONS_PATH=str(collections), ANSIBLE_NOCOLOR="1")
     install = ["collection", "install", "--offline", "-p", collections, tarball]
     out = run([BIN / "ansible-galaxy", *install], tmp_path, env)
-    assert "segserve.fleet:1.0.0 was installed successfully" in out, out
+    version = yaml.safe_load((PROJECT / "galaxy.yml").read_text())["version"]
+    assert f"segserve.fleet:{version} was installed successfully" in out, out
     assert (collections / "ansible_collections/segserve/fleet/roles/uwsgi_app").is_dir()
 
     # The app as a wheel built here, with another version, its lock files beside it.
