@@ -5,6 +5,7 @@ Prometheus runs the same rules and dashboard against real traffic in the cluster
 (molecule/cluster/tests/test_monitoring.py)."""
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -50,24 +51,18 @@ def promtool():
     return str(binary)
 
 
-def test_rules_are_valid(promtool):
-    result = subprocess.run(
-        [promtool, "check", "rules", "segserve.rules.yml"],
-        cwd=RULES,
-        capture_output=True,
-        text=True,
-    )
+def run_promtool(promtool, *args):
+    """promtool on the role's rules directory; fails the test with its output."""
+    result = subprocess.run([promtool, *args], cwd=RULES, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_rules_are_valid(promtool):
+    run_promtool(promtool, "check", "rules", "segserve.rules.yml")
 
 
 def test_rules_pass_their_unit_tests(promtool):
-    result = subprocess.run(
-        [promtool, "test", "rules", "segserve.rules.test.yml"],
-        cwd=RULES,
-        capture_output=True,
-        text=True,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    run_promtool(promtool, "test", "rules", "segserve.rules.test.yml")
 
 
 def test_every_alert_has_a_case_that_fires_it():
@@ -102,8 +97,6 @@ def test_dashboard_queries_name_only_what_the_fleet_exports():
 
 
 def _identifiers(expr):
-    import re
-
     return set(re.findall(r"[a-zA-Z_:][a-zA-Z0-9_:]*", expr))
 
 
