@@ -2,7 +2,8 @@
 # Builds, inside a lab container, a flat apt repository shaped like NVIDIA's CUDA repository
 # and signed with a throwaway key, so the cuda role's keyring, Signed-By source and branch
 # pin are exercised by a real `apt-get update` without NVIDIA's servers.
-# The packages are empty stubs (no driver inside): nvidia-open and cuda-drivers in
+# The packages are empty stubs (no driver inside), named like the driver sets the role picks
+# on Debian (the compute-only set, the role's default, and the full meta packages), in
 # branches 580 and 590, so the pin has a newer branch to refuse.
 #   usage: make-test-repository.sh REPO_DIR KEYS_DIR
 set -eu
@@ -26,8 +27,9 @@ CONTROL
   dpkg-deb --root-owner-group --build "$root" "$repo/$1_$2_all.deb" >/dev/null
 }
 for version in 580.95.05-1 590.44.01-1; do
-  stub nvidia-open "$version"
-  stub cuda-drivers "$version"
+  for package in nvidia-driver-cuda nvidia-kernel-open-dkms nvidia-open cuda-drivers; do
+    stub "$package" "$version"
+  done
 done
 
 cd "$repo"

@@ -3,6 +3,8 @@
 import json
 import os
 
+import pytest
+
 testinfra_hosts = ["cuda-gpu1"]
 
 SOURCES = "/etc/apt/sources.list.d/nvidia-cuda.sources"
@@ -54,8 +56,10 @@ def test_apt_update_verifies_repository_signature(host):
     assert "NO_PUBKEY" not in output and "not signed" not in output
 
 
-def test_driver_pinned_to_branch(host):
-    policy = host.check_output("apt-cache policy nvidia-open")
+@pytest.mark.parametrize("package", ["nvidia-driver-cuda", "nvidia-open"])
+def test_driver_pinned_to_branch(host, package):
+    # The compute-only set (the default) and the full set's meta package alike.
+    policy = host.check_output(f"apt-cache policy {package}")
     assert "590.44.01-1" in policy, policy  # a newer branch is available...
     assert "Candidate: 580.95.05-1" in policy, policy  # ...and the pin refuses it
 
@@ -123,5 +127,5 @@ def test_impostor_key_refused_and_removed(host):
 
 def test_driver_packages_not_installed(host):
     # The lab runs with cuda_install_packages: false; the stubs must stay uninstalled.
-    assert not host.package("nvidia-open").is_installed
-    assert not host.package("cuda-drivers").is_installed
+    for package in ("nvidia-driver-cuda", "nvidia-kernel-open-dkms", "nvidia-open", "cuda-drivers"):
+        assert not host.package(package).is_installed, package
