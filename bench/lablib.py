@@ -108,6 +108,35 @@ def cpu_usage_ns(container: str) -> int:
     return 0
 
 
+def container_cores(container: str) -> set[int]:
+    """The cores a container is pinned to (its cpuset: "0", "0-3", "0,2"), or every core of
+    this machine when it is not pinned."""
+    spec = sh(
+        ["docker", "inspect", "-f", "{{.HostConfig.CpusetCpus}}", container], capture=True
+    ).stdout.strip()
+    cores: set[int] = set()
+    for part in filter(None, spec.split(",")):
+        first, _, last = part.partition("-")
+        cores.update(range(int(first), int(last or first) + 1))
+    return cores or set(range(os.cpu_count() or 1))
+
+
+def away_from_app1() -> list[int]:
+    """This machine's cores that app1 is not pinned to. While app1 serves alone, the load
+    generators and lb1 run there, as a client and a load balancer would on machines of their
+    own: otherwise nginx's and the client's work per request lands on the core being measured
+    and counts against the stack under test. On a machine with one core, that core."""
+    mine = sorted(os.sched_getaffinity(0))
+    return sorted(set(mine) - container_cores(APP1)) or mine
+
+
+def pin_container(container: str, cores: list[int] | None) -> None:
+    """Pin a container to `cores`, or back to every core of this machine with None."""
+    spec = ",".join(map(str, cores)) if cores else f"0-{(os.cpu_count() or 1) - 1}"
+    sh(["docker", "update", "--cpuset-cpus", spec, container], capture=True)
+    log(f"{container}: cpuset {spec}")
+
+
 def resolve_in_container(container: str, names: list[str]) -> None:
     """Lab containers may fail to resolve names (Docker's embedded DNS cannot always reach the
     machine's resolver); resolve them here and pin them in the container's /etc/hosts."""
@@ -261,12 +290,21 @@ def warm(url: str, n: int, *, form: bool = False) -> None:
 
 
 def wrk(
-    url: str, conns: int, duration: int, accept: str, watch: list[str], *, form: bool = False
+    url: str,
+    conns: int,
+    duration: int,
+    accept: str,
+    watch: list[str],
+    *,
+    form: bool = False,
+    cores: list[int] | None = None,
 ) -> dict:
-    """One wrk run posting IMAGE to URL (raw, or as a form); its JSON summary plus wrk's own
-    CPU time (rusage of children) and the CPU share of each container in `watch` during the
-    run."""
+    """One wrk run posting IMAGE to URL (raw, or as a form), on `cores` if given; its JSON
+    summary plus wrk's own CPU time (rusage of children) and the CPU share of each container in
+    `watch` during the run."""
+    pinned = ["taskset", "-c", ",".join(map(str, cores))] if cores else []
     cmd = [
+        *pinned,
         "wrk",
         "-t1",
         f"-c{conns}",
@@ -302,6 +340,7 @@ def wrk(
         errors=r["non2xx"] + sum(r["socket_errors"].values()),
         wrk_cpu_s=wrk_cpu,
         wrk_cpu_share=wrk_cpu / wall,
+        client_cores=cores,
         container_cpu_share={c: (cpu_after[c] - cpu_before[c]) / 1e9 / wall for c in watch},
         load_before=load_before,
         load_after=loadavg(),
@@ -313,10 +352,9 @@ def wrk(
 def open_loop(url: str, rate: float, duration: int, accept: str) -> dict:
     """Requests at a fixed rate, evenly spaced, whatever the answers (the fault suite's
     loadgen.py, one connection per request), from this machine: p50/p99 without the closed
-    loop's coordinated omission (a slow answer cannot delay the next request). Python costs
-    more CPU per request than wrk, so it runs on the cores app1 is not pinned to (app1 has
-    core 0), and its CPU share is reported."""
-    others = sorted(os.sched_getaffinity(0) - {0}) or [0]
+    loop's coordinated omission (a slow answer cannot delay the next request). It runs on the
+    cores app1 is not pinned to (away_from_app1), and its CPU share is reported."""
+    others = away_from_app1()
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     out = sh(

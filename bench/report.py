@@ -259,20 +259,34 @@ def targets(rows: dict, ceilings: dict, open_rows: dict) -> list[str]:
     return L
 
 
+def included(command: str) -> str:
+    """What the run's minutes include besides the measurements, from its options."""
+    parts = [] if "--skip-lab" in command else ["lab"]
+    parts += [] if "--no-converge" in command else ["converge"]
+    parts += ["provisioning"] if "--provisioning" in command else []
+    return " and ".join(parts) + " included" if parts else "on the lab as it was, converged"
+
+
 def header(res: dict) -> list[str]:
     """How the run was made: command, machine, lab, load, versions."""
     return [
         "# Serving: our stack against its ceiling and its alternatives\n",
         f"- Command: `{res['command']}` ({res['started']} UTC; {res['run_minutes']:.0f} min "
-        f"in all, lab{' and provisioning' if '--provisioning' in res['command'] else ''} "
-        "included)",
+        f"in all, {included(res['command'])})",
         f"- Machine: {res['machine']}; {res['sharing']}; load average {res['load_start']} at"
         f" the start, {res['load_end']} at the end.",
         "- Lab: `scripts/lab up`; `ansible-playbook site.yml -i inventory/lab "
         f"{' '.join('-e ' + shlex.quote(e) for e in res['extra_vars'])}` (the benchmark "
         "client, this machine on the lab's Docker network, is exempt from nginx's 10 r/s "
         "rate limit, which would otherwise answer most requests with 429). App containers "
-        "are pinned to one core each (app1 core 0, app2 core 1); lb1 and wrk are not pinned.",
+        "are pinned to one core each (app1 core 0, app2 core 1). "
+        + (
+            f"While app1 serves alone, lb1 and the load generators run on core(s) "
+            f"{','.join(map(str, res['away_from_app1']))}, away from app1's, as on machines of "
+            "their own; for `fleet-onnx` they are not pinned."
+            if res.get("away_from_app1")
+            else "lb1 and wrk are not pinned: they share the cores with app1."
+        ),
         "- Same host, model, weights, input size, threads: every single-host row runs on "
         "segserve-lab-app1 (1 core, 1 worker, 1 intra-op thread), "
         "lraspp_mobilenet_v3_large with the lab's weights file (untrained seeded init; the "

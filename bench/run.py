@@ -105,7 +105,15 @@ def measure(stack: stacks.Stack, rep: int, args, res: dict, jobs: OtherJobs) -> 
     for fmt in stack.formats:
         for conns in stack.conns:
             jobs.check()
-            r = lab.wrk(url, conns, args.duration, stacks.ACCEPT[fmt], [APP1, LB1], form=stack.form)
+            r = lab.wrk(
+                url,
+                conns,
+                args.duration,
+                stacks.ACCEPT[fmt],
+                [APP1, LB1],
+                form=stack.form,
+                cores=None if stack.phase is Phase.FLEET else res["away_from_app1"],
+            )
             r.update(stack=stack.name, fmt=fmt, rep=rep)
             res["runs"].append(r)
             log(
@@ -200,7 +208,11 @@ def main() -> int:
     # The fleet, both app hosts in rotation.
     turns(Phase.FLEET)
     # app1 alone: app2 drained, the stacks take turns on app1's core; then ours is back on it.
+    # lb1 and the load generators move off app1's core, as on machines of their own, so that
+    # the core measured runs the stack under test and nothing else.
     lab.playbook("playbooks/lb.yml", bench_vars + [DRAIN_APP2])
+    res["away_from_app1"] = lab.away_from_app1()
+    lab.pin_container(LB1, res["away_from_app1"])
     turns(Phase.TURNS)
     lab.segserve_unit(APP1, "start")
     # Our stack on app1 converged otherwise (app2 still drained), then converged back.
@@ -213,7 +225,8 @@ def main() -> int:
         for rep in range(args.reps):
             take_turn(stack, rep, args, res, jobs)
         lab.playbook("playbooks/app.yml", bench_vars, limit="app1,lb1")
-    # Back to both hosts in rotation.
+    # Back to both hosts in rotation, lb1 on every core again.
+    lab.pin_container(LB1, None)
     lab.playbook("playbooks/lb.yml", bench_vars)
 
     res["ceilings"] = report.summarise_ceilings(res["ceiling_runs"], res.get("chosen"))
