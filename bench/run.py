@@ -213,20 +213,24 @@ def main() -> int:
     lab.playbook("playbooks/lb.yml", bench_vars + [DRAIN_APP2])
     res["away_from_app1"] = lab.away_from_app1()
     lab.pin_container(LB1, res["away_from_app1"])
-    turns(Phase.TURNS)
-    lab.segserve_unit(APP1, "start")
-    # Our stack on app1 converged otherwise (app2 still drained), then converged back.
-    for stack in stacks.chosen(args.stacks, Phase.RECONVERGED):
-        lab.playbook("playbooks/app.yml", bench_vars + list(stack.app_vars), limit="app1,lb1")
-        if stack.ceiling == "chosen":
-            res["chosen"] = stacks.served_backend()
-            res["choice_record"] = lab.choice_record()
-            log(f"app1 chose {res['chosen']}")
-        for rep in range(args.reps):
-            take_turn(stack, rep, args, res, jobs)
-        lab.playbook("playbooks/app.yml", bench_vars, limit="app1,lb1")
-    # Back to both hosts in rotation, lb1 on every core again.
-    lab.pin_container(LB1, None)
+    try:
+        turns(Phase.TURNS)
+        lab.segserve_unit(APP1, "start")
+        # Our stack on app1 converged otherwise (app2 still drained), then converged back.
+        for stack in stacks.chosen(args.stacks, Phase.RECONVERGED):
+            lab.playbook("playbooks/app.yml", bench_vars + list(stack.app_vars), limit="app1,lb1")
+            if stack.ceiling == "chosen":
+                res["chosen"] = stacks.served_backend()
+                res["choice_record"] = lab.choice_record()
+                log(f"app1 chose {res['chosen']}")
+            for rep in range(args.reps):
+                take_turn(stack, rep, args, res, jobs)
+            lab.playbook("playbooks/app.yml", bench_vars, limit="app1,lb1")
+    finally:
+        # lb1 on every core again, even after a failure: docker keeps a cpuset across
+        # restarts, and `scripts/lab up` reuses the container.
+        lab.pin_container(LB1, None)
+    # Back to both hosts in rotation.
     lab.playbook("playbooks/lb.yml", bench_vars)
 
     res["ceilings"] = report.summarise_ceilings(res["ceiling_runs"], res.get("chosen"))

@@ -51,14 +51,32 @@ def display(names: list[str]) -> list[str]:
             {"cuda_driver_kernel_modules": "proprietary"},
             ["nvidia-driver-cuda", "nvidia-kernel-dkms"],
         ),
-        ("Ubuntu", {}, ["libnvidia-compute-580", "nvidia-dkms-580-open"]),
+        (
+            "Ubuntu",
+            {},
+            [
+                "libnvidia-compute-580",
+                "nvidia-dkms-580-open",
+                "nvidia-utils-580",
+                "nvidia-compute-utils-580",
+            ],
+        ),
         (
             "Ubuntu",
             {"cuda_driver_kernel_modules": "proprietary"},
-            ["libnvidia-compute-580", "nvidia-dkms-580"],
+            [
+                "libnvidia-compute-580",
+                "nvidia-dkms-580",
+                "nvidia-utils-580",
+                "nvidia-compute-utils-580",
+            ],
         ),
         # From branch 590 NVIDIA's Ubuntu packages drop the branch from their names.
-        ("Ubuntu", {"cuda_driver_branch": "590"}, ["libnvidia-compute", "nvidia-dkms-open"]),
+        (
+            "Ubuntu",
+            {"cuda_driver_branch": "590"},
+            ["libnvidia-compute", "nvidia-dkms-open", "nvidia-utils", "nvidia-compute-utils"],
+        ),
     ],
 )
 def test_the_default_is_the_compute_only_set(distribution, overrides, expected):
@@ -94,3 +112,56 @@ def test_every_chosen_package_is_held_by_the_branch_pin(distribution, package_se
     # NVIDIA's own lock is named for the branch (nvidia-driver-pinning-<branch>).
     lock = RoleVars("cuda", overrides=overrides)["__cuda_pinning_package"]
     assert lock == f"nvidia-driver-pinning-{branch}"
+
+
+# A driver already on the host fixes the version the chosen set's packages are installed at
+# (tasks/install.yml reads it with dpkg-query), so that a package the set adds cannot pull
+# newer libraries under the loaded module; the operator's exact version wins over it.
+INSTALL_VERSION_PLAY = """
+- hosts: localhost
+  gather_facts: false
+  vars_files:
+    - {root}/roles/cuda/defaults/main.yml
+    - {root}/roles/cuda/vars/main.yml
+  tasks:
+    - name: First install, no driver on the host
+      ansible.builtin.assert:
+        that: __cuda_install_version == ''
+      vars:
+        __cuda_installed_dkms: {{stdout_lines: []}}
+    - name: A driver's module package installed
+      ansible.builtin.assert:
+        that: __cuda_install_version == '580.95.05-1'
+      vars:
+        __cuda_installed_dkms:
+          stdout_lines: ["ii  580.95.05-1", "rc  575.57.08-1"]
+    - name: The operator's exact version first
+      ansible.builtin.assert:
+        that: __cuda_install_version == '580.105.08-1'
+      vars:
+        cuda_driver_package_version: 580.105.08-1
+        __cuda_installed_dkms:
+          stdout_lines: ["ii  580.95.05-1"]
+    - name: Two module packages at different versions, none chosen
+      ansible.builtin.assert:
+        that: __cuda_install_version == ''
+      vars:
+        __cuda_installed_dkms:
+          stdout_lines: ["ii  580.95.05-1", "ii  580.82.07-1"]
+    - name: The dpkg-query step skipped (an exact version given)
+      ansible.builtin.assert:
+        that: __cuda_install_version == '580.95.05-1'
+      vars:
+        cuda_driver_package_version: 580.95.05-1
+        __cuda_installed_dkms: {{skipped: true}}
+"""
+
+
+def test_the_driver_is_installed_at_the_version_already_on_the_host(tmp_path):
+    from preflight import INVENTORY, run_playbook
+
+    (tmp_path / "play.yml").write_text(INSTALL_VERSION_PLAY.format(root=ROOT))
+    (tmp_path / "hosts.yml").write_text(INVENTORY)
+    run = run_playbook(tmp_path / "play.yml", tmp_path / "hosts.yml")
+    assert run.returncode == 0, run.stdout[-3000:]
+    assert "failed=0" in run.stdout, run.stdout[-3000:]
