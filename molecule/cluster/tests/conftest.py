@@ -34,8 +34,10 @@ TEST_MODULES = [
     "test_host_faults.py",
     # Several models: B's faults, redeploy and removal under load on A; B put back after.
     "test_models.py",
-    # Last: the rolling deploy leaves the fleet on a new app version and new weights.
+    # The rolling deploy leaves the fleet on a new app version and new weights.
     "test_deploys.py",
+    # Last: GPU maintenance reboots each app host; they keep the fake GPU facts it leaves.
+    "test_gpu_reboots.py",
 ]
 
 
