@@ -242,8 +242,9 @@ def targets(rows: dict, ceilings: dict, open_rows: dict) -> list[str]:
         if stack.target_open_p99_over_p50 and o:
             want, ratio = stack.target_open_p99_over_p50, o["p99"] / o["p50"]
             per_run = o["sent"] / o["n_runs"]
-            # Under 100 requests a run's p99 is its slowest request: a stall, not a tail.
-            thin = f" (p99 of {per_run:.0f} requests a run: its slowest)" if per_run < 100 else ""
+            # loadgen.py's p99 is the nearest rank int(0.99 n) of the sorted latencies: up to
+            # 100 requests a run, that is its slowest request (a stall, not a tail).
+            thin = f" (p99 of {per_run:.0f} requests a run: its slowest)" if per_run <= 100 else ""
             L.append(
                 f"| {stack.name}: p99 <= {want:g}x p50 at {top:.0%} of capacity, open loop "
                 f"| {o['p99']:.0f} / {o['p50']:.0f} ms = {ratio:.2f}x{thin} "
@@ -377,7 +378,7 @@ def open_table(res: dict, rows: dict) -> list[str]:
         "repetition just measured at 1 connection (PNG), "
         f"{res.get('open_duration', res['duration'])} s per run (`--open-duration`). "
         "Evenly spaced, not Poisson: random arrivals at 80% of one worker would queue more. "
-        "A run's p99 is only as good as its count of requests (sent / runs below): under 100, "
+        "A run's p99 is only as good as its count of requests (sent / runs below): up to 100, "
         "it is the run's slowest request.\n",
         "| stack | share of capacity | offered /s | answered /s | p50 ms | p99 ms | p99 / p50 "
         "| max ms | failed / sent (runs) | client CPU | closed loop c=1 p50 / p99 ms |",

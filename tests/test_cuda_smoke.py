@@ -26,7 +26,7 @@ def test_a_host_whose_gpus_torch_cannot_see_fails_the_smoke_test():
 
 STAND_IN = """#!/bin/sh
 # Stands in for the virtualenv's python: reads the program, says who runs it and with what.
-echo "user=$(id -un) group=$(id -gn) args=$* program=$(head -n 1 | tr -d '"\\')"
+echo "user=$(id -un) group=$(id -gn) cwd=$(pwd) args=$* program=$(head -n 1 | tr -d '"\\')"
 """
 
 
@@ -60,6 +60,6 @@ def test_the_role_runs_the_smoke_test_as_the_service_user():
     finally:
         shutil.rmtree(venv)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
-    assert "user=nobody group=nogroup args=- 8 program=CUDA smoke test, run by" in run.stdout, (
-        run.stdout[-3000:]
-    )
+    assert (
+        "user=nobody group=nogroup cwd=/ args=-I - 8 program=CUDA smoke test, run by" in run.stdout
+    ), run.stdout[-3000:]
