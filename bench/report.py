@@ -421,7 +421,7 @@ def choice_lines(res: dict) -> list[str]:
 def write_markdown(res: dict, path: Path) -> None:
     rows = rows_from_json(res)
     L = header(res) + ceiling_table(res) + http_table(rows, res["ceilings"])
-    L.append("![throughput and p99](serving.png)\n")
+    L.append(f"![throughput and p99]({path.with_suffix('.png').name})\n")
     L.extend(open_table(res, rows))
     L.extend(choice_lines(res))
     L.extend(targets(rows, res["ceilings"], summarise_open(res.get("open_runs", []))))
