@@ -11,10 +11,12 @@ import json
 import os
 import re
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import testinfra
-from fleetvars import ACCESS_LOG, HEALTH_PORT, HTTP_PORT, STATS_PORT, UNIT
+from fleetvars import ACCESS_LOG, HEALTH_PORT, HTTP_PORT, PROJECT, STATS_PORT, UNIT
 
 INVENTORY = os.environ["MOLECULE_INVENTORY_FILE"]
 PHOTOS = "/srv/photos"
@@ -66,6 +68,27 @@ def cpu_quota(share):
             check=True,
             capture_output=True,
         )
+
+
+# --- Playbooks from the controller ---------------------------------------------------------
+
+# The ansible-playbook of the virtualenv that runs the suite.
+PLAYBOOK = Path(sys.executable).parent / "ansible-playbook"
+# Molecule forces Ansible's colours on (ANSIBLE_FORCE_COLOR): tests read the plain text.
+COLOUR = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def run_playbook(*args, timeout=900, check=True):
+    """ansible-playbook ARGS (inventories included), from the project's directory so that its
+    ansible.cfg applies; the finished process with its stdout and stderr as plain text. check:
+    fail the test unless it succeeded (a caller with load running checks after stopping it)."""
+    run = subprocess.run(
+        [str(PLAYBOOK), *args], cwd=PROJECT, capture_output=True, text=True, timeout=timeout
+    )
+    run.stdout, run.stderr = COLOUR.sub("", run.stdout), COLOUR.sub("", run.stderr)
+    if check:
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    return run
 
 
 # --- The service on an app host -----------------------------------------------------------

@@ -5,16 +5,12 @@ once with why, rather than guessing a change or failing on what an install would
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
-from pathlib import Path
 
-from fleetlib import APP_HOSTS, INVENTORY, fleet_host, master_pid
+from fleetlib import APP_HOSTS, INVENTORY, fleet_host, master_pid, run_playbook
 from fleetvars import PROJECT, RESTART_MARKER
 
 testinfra_hosts = ["outsider"]
 
-PLAYBOOK = Path(sys.executable).parent / "ansible-playbook"
 RECAP = re.compile(
     r"^(\S+)\s+: ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.MULTILINE
 )
@@ -23,15 +19,8 @@ RECAP = re.compile(
 def check(*args, inventories=(INVENTORY,)):
     """Run a playbook in check mode with diffs; its plain output and {host: (changed, failed)}."""
     sources = [part for inventory in inventories for part in ("-i", str(inventory))]
-    run = subprocess.run(
-        [str(PLAYBOOK), *sources, *args, "--check", "--diff"],
-        cwd=PROJECT,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    # Molecule forces Ansible's colours on (ANSIBLE_FORCE_COLOR): read the plain text.
-    out = re.sub(r"\x1b\[[0-9;]*m", "", run.stdout + run.stderr)
+    run = run_playbook(*sources, *args, "--check", "--diff", check=False)
+    out = run.stdout + run.stderr
     recap = {m[0]: (int(m[2]), int(m[4]) + int(m[3])) for m in RECAP.findall(out)}
     return run.returncode, out, recap
 

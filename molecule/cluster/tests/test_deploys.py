@@ -20,6 +20,7 @@ from fleetlib import (
     log_since,
     master_pid,
     retried,
+    run_playbook,
     served_by,
     sh,
     wait_ready,
@@ -45,21 +46,7 @@ def test_redeploy_drains_only_the_host_that_owes_a_restart(client):
     app1, app2 = fleet_host("app1"), fleet_host("app2")
     before = {name: master_pid(fleet_host(name)) for name in APP_HOSTS}
     sh(app1, f"touch {RESTART_MARKER}")
-    deploy = subprocess.run(
-        [
-            str(Path(sys.executable).parent / "ansible-playbook"),
-            "-i",
-            INVENTORY,
-            str(PROJECT / "playbooks" / "app.yml"),
-        ],
-        cwd=PROJECT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert deploy.returncode == 0, deploy.stdout[-3000:] + deploy.stderr[-2000:]
-    # Molecule forces Ansible's colours on (ANSIBLE_FORCE_COLOR): read the plain text.
-    out = re.sub(r"\x1b\[[0-9;]*m", "", deploy.stdout)
+    out = run_playbook("-i", INVENTORY, str(PROJECT / "playbooks" / "app.yml"), timeout=600).stdout
     drained = re.findall(r"included: \S+/playbooks/tasks/drain\.yml for (\w+)", out)
     changed = re.findall(r"TASK \[([^\]]+)\][^\n]*\n(?:[^\n]*\n)?changed: \[(\w+)", out)
     assert drained == ["app1"], (drained, changed)
@@ -97,7 +84,6 @@ def test_rolling_deploy_loses_nothing(client, lb, report, capacity, tmp_path):
         check=True,
     ).stdout.strip()
     command = [
-        str(Path(sys.executable).parent / "ansible-playbook"),
         "-i",
         INVENTORY,
         str(PROJECT / "playbooks" / "app.yml"),
@@ -119,7 +105,7 @@ def test_rolling_deploy_loses_nothing(client, lb, report, capacity, tmp_path):
     load = Load(client, "rolling", lb, duration=1500)
     time.sleep(3)
     started = time.time()
-    deploy = subprocess.run(command, cwd=PROJECT, capture_output=True, text=True, timeout=1200)
+    deploy = run_playbook(*command, timeout=1200, check=False)
     seconds = time.time() - started
     time.sleep(3)
     result = load.result(stop=True)

@@ -10,11 +10,19 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 import time
-from pathlib import Path
 
-from fleetlib import APP_HOSTS, INVENTORY, fleet_host, log_mark, log_since, retried, served_by, sh
+from fleetlib import (
+    APP_HOSTS,
+    INVENTORY,
+    fleet_host,
+    log_mark,
+    log_since,
+    retried,
+    run_playbook,
+    served_by,
+    sh,
+)
 from fleetvars import PROJECT
 from loadlib import Load, brief
 
@@ -74,27 +82,21 @@ def test_driver_reboots_roll_drained_and_lose_nothing(client, lb, report):
     time.sleep(4)
     started = time.time()
     try:
-        run = subprocess.run(
-            [
-                str(Path(sys.executable).parent / "ansible-playbook"),
-                "-i",
-                INVENTORY,
-                str(PROJECT / "playbooks" / "cuda.yml"),
-                "-e",
-                json.dumps(GPU_HOST_VARS),
-            ],
-            cwd=PROJECT,
-            capture_output=True,
-            text=True,
+        run = run_playbook(
+            "-i",
+            INVENTORY,
+            str(PROJECT / "playbooks" / "cuda.yml"),
+            "-e",
+            json.dumps(GPU_HOST_VARS),
             timeout=1200,
+            check=False,
         )
         finished = time.time()
         time.sleep(3)
     finally:
         result = load.result(stop=True)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
-    out = re.sub(r"\x1b\[[0-9;]*m", "", run.stdout)
-    order = steps(out)
+    order = steps(run.stdout)
     entries = log_since(mark)
     after = {name: boot(name) for name in APP_HOSTS}
     report.add(

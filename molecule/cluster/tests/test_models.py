@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from fleetlib import APP_HOSTS, INVENTORY, fleet_host, post, sh
+from fleetlib import APP_HOSTS, INVENTORY, fleet_host, post, run_playbook, sh
 from fleetvars import (
     DEFAULT_MODEL,
     MODELS,
@@ -25,7 +25,6 @@ from fleetvars import (
 from loadlib import Load, brief
 
 testinfra_hosts = ["outsider"]
-PLAYBOOK = Path(sys.executable).parent / "ansible-playbook"
 SAMPLES = PROJECT / "app" / "src" / "segserve" / "samples"
 OTHER = next(m["name"] for m in MODELS if m["name"] != DEFAULT_MODEL)
 
@@ -45,15 +44,7 @@ def get(lb, path):
 
 def playbook(*args, models=None):
     extra = ["-e", json.dumps({"segserve_models": models})] if models is not None else []
-    run = subprocess.run(
-        [str(PLAYBOOK), "-i", INVENTORY, *args, *extra],
-        cwd=PROJECT,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
-    return re.sub(r"\x1b\[[0-9;]*m", "", run.stdout)
+    return run_playbook("-i", INVENTORY, *args, *extra).stdout
 
 
 def master(app, name):
