@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Steady load for the fault suite: POST images to a URL and count every request.
+"""Steady load for the fault suite: POST images (or GET) to a URL and count every request.
 
 Standard library only (it runs on the scenario's client host, which has no pip packages).
 Closed loop (`--concurrency N`: N clients, each sends its next request when the last one is
@@ -48,13 +48,20 @@ def summary_of(latencies: list[float]) -> dict:
 
 class Target:
     def __init__(
-        self, url: str, bodies: list[bytes], content_type: str, accept: str, timeout: float
+        self,
+        url: str,
+        bodies: list[bytes],
+        content_type: str,
+        accept: str,
+        timeout: float,
+        method: str = "POST",
     ):
         parts = urllib.parse.urlsplit(url)
+        self.method = method
         self.host = parts.hostname
         self.port = parts.port or 80
         self.path = parts.path or "/"
-        self.bodies = itertools.cycle(bodies)
+        self.bodies = itertools.cycle(bodies or [b""])
         self.lock = threading.Lock()
         self.headers = {"Content-Type": content_type, "Accept": accept, "Connection": "close"}
         self.timeout = timeout
@@ -67,7 +74,10 @@ class Target:
         """One request: (status or None, error name or None, has Retry-After)."""
         conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
         try:
-            conn.request("POST", self.path, body=self.body(), headers=self.headers)
+            if self.method == "GET":
+                conn.request("GET", self.path, headers={"Connection": "close"})
+            else:
+                conn.request("POST", self.path, body=self.body(), headers=self.headers)
             response = conn.getresponse()
             response.read()
             return response.status, None, response.getheader("Retry-After") is not None
@@ -205,7 +215,8 @@ def open_loop(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("url", help="e.g. http://10.0.0.2/v1/segment")
-    parser.add_argument("files", nargs="+", help="request bodies, sent in turn")
+    parser.add_argument("files", nargs="*", help="request bodies (POST), sent in turn")
+    parser.add_argument("--method", choices=["POST", "GET"], default="POST")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--concurrency", type=int, default=2, help="closed loop: clients")
     mode.add_argument("--rate", type=float, help="open loop: requests a second")
@@ -223,7 +234,9 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.files:
         with open(name, "rb") as handle:
             bodies.append(handle.read())
-    target = Target(args.url, bodies, args.content_type, args.accept, args.timeout)
+    if args.method == "POST" and not bodies:
+        parser.error("POST needs at least one file to send")
+    target = Target(args.url, bodies, args.content_type, args.accept, args.timeout, args.method)
     started = time.monotonic()
     recorder = Recorder(started)
     deadline = started + args.duration

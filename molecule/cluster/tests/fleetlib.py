@@ -145,8 +145,16 @@ def served_by(entries, name, after=0.0):
 
 
 def retried(entries):
-    """Requests that nginx sent to a second app host and that then succeeded."""
-    return [e for e in entries if ", " in e["upstream_addr"] and e["status"] == 200]
+    """Requests that nginx sent to a second app host and that then succeeded. The public
+    server's lines name the inner socket, never an app host: a retry there (a kept-alive
+    connection closed by a reload) is no host's doing."""
+    return [
+        e
+        for e in entries
+        if ", " in e["upstream_addr"]
+        and not e["upstream_addr"].startswith("unix:")
+        and e["status"] == 200
+    ]
 
 
 def post(lb, path, body, headers, timeout=60.0):

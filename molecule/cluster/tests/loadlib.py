@@ -21,16 +21,29 @@ LOADGEN = "/usr/local/bin/segserve-loadgen"
 class Load:
     """loadgen.py running in the background on the client host."""
 
-    def __init__(self, client, name, lb, *, duration, concurrency=2, rate=None, threads=64):
+    def __init__(
+        self,
+        client,
+        name,
+        lb,
+        *,
+        duration,
+        concurrency=2,
+        rate=None,
+        threads=64,
+        get=None,
+    ):
+        """POSTs the sample photos to /v1/segment, or GETs the path `get` (no body)."""
         self.client = client
         self.out = f"/tmp/load-{name}.json"
         self.duration = duration
         mode = f"--rate {rate} --threads {threads}" if rate else f"--concurrency {concurrency}"
+        what = f"{get} --method GET" if get else f"/v1/segment {PHOTOS}/*.jpg"
         self.pid = int(
             sh(
                 client,
-                f"rm -f {self.out}; setsid nohup python3 {LOADGEN} http://{lb}/v1/segment"
-                f" {PHOTOS}/*.jpg {mode} --duration {duration} --timeout 90 --out {self.out}"
+                f"rm -f {self.out}; setsid nohup python3 {LOADGEN} http://{lb}{what}"
+                f" {mode} --duration {duration} --timeout 90 --out {self.out}"
                 f" >/tmp/load-{name}.log 2>&1 </dev/null & echo $!",
             ).strip()
         )
