@@ -1,7 +1,7 @@
 """Deploys on the running fleet: a redeploy that changes nothing, nginx reloads under load
 (every drain and undrain is one), then a rolling deploy of a new app version and new weights
-under load. conftest.py runs this module last: the rolling
-deploy leaves the fleet on the new version and weights."""
+under load. conftest.py runs this module late (only the GPU reboots come after it): the
+rolling deploy leaves the fleet on the new version and weights."""
 
 from __future__ import annotations
 
@@ -92,7 +92,7 @@ def test_load_balancer_reloads_cut_nothing(client, lb, report):
     again = [e for e in log_since(mark) if e["upstream_addr"].count("unix:") > 1]
     report.add(
         "Load balancer reloads",
-        f"{RELOADS} reloads of nginx on lb1 in {RELOADS * RELOAD_PAUSE_S:.0f} s under 4 clients"
+        f"{RELOADS} reloads of nginx on lb1, one every {RELOAD_PAUSE_S} s, under 4 clients"
         " of GET /v1/model (each request through lb1's public and inner servers to an app"
         " host): 0 failed.",
         result,
