@@ -224,8 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=20.0, help="seconds")
     parser.add_argument("--count", type=int, default=0, help="closed loop: stop after N requests")
     parser.add_argument("--timeout", type=float, default=90.0, help="seconds per request")
-    parser.add_argument("--content-type", default="image/jpeg")
-    parser.add_argument("--accept", default="image/png")
+    parser.add_argument("--content-type", default="image/jpeg", help="POST only")
+    parser.add_argument("--accept", default="image/png", help="POST only")
     parser.add_argument("--out", help="write the report to this file (atomically) at the end")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: STOP.set())
@@ -236,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
             bodies.append(handle.read())
     if args.method == "POST" and not bodies:
         parser.error("POST needs at least one file to send")
+    if args.method == "GET" and bodies:
+        parser.error("GET sends no body: give no files")
     target = Target(args.url, bodies, args.content_type, args.accept, args.timeout, args.method)
     started = time.monotonic()
     recorder = Recorder(started)

@@ -118,7 +118,8 @@ class Report:
             " converged cluster)",
             f"- fault suite run time: {minutes:.1f} min; outcome: {outcome}",
             "- load: `loadgen.py` on the `outsider` host, POSTing the three sample photos"
-            " (PNG masks back) to lb1; latencies in ms, measured at the client",
+            " (PNG masks back) to lb1, unless the case says otherwise; latencies in ms,"
+            " measured at the client",
             "",
             "| case | promise | sent | succeeded | failed | max latency (ms) |",
             "| --- | --- | ---: | ---: | ---: | ---: |",
