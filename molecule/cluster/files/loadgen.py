@@ -61,7 +61,7 @@ class Target:
         self.host = parts.hostname
         self.port = parts.port or 80
         self.path = parts.path or "/"
-        self.bodies = itertools.cycle(bodies or [b""])
+        self.bodies = itertools.cycle(bodies)
         self.lock = threading.Lock()
         self.headers = {"Content-Type": content_type, "Accept": accept, "Connection": "close"}
         self.timeout = timeout

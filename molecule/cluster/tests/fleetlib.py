@@ -119,13 +119,18 @@ def deaths_since(app, since):
 # --- lb1: its access log and one request from the controller ------------------------------
 
 
-def log_mark():
-    return int(sh(fleet_host("lb1"), f"wc -l < {ACCESS_LOG}").strip())
+def log_mark(path=ACCESS_LOG):
+    """The lines lb1's log `path` has now, for lines_since or log_since."""
+    return int(sh(fleet_host("lb1"), f"wc -l < {path}").strip())
+
+
+def lines_since(mark, path):
+    return sh(fleet_host("lb1"), f"tail -n +{mark + 1} {path}").splitlines()
 
 
 def log_since(mark):
-    text = sh(fleet_host("lb1"), f"tail -n +{mark + 1} {ACCESS_LOG}")
-    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    """The access log's JSON entries after log_mark()."""
+    return [json.loads(line) for line in lines_since(mark, ACCESS_LOG) if line.startswith("{")]
 
 
 def epoch(entry):

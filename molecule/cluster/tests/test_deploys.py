@@ -17,6 +17,7 @@ from fleetlib import (
     APP_HOSTS,
     INVENTORY,
     fleet_host,
+    lines_since,
     log_mark,
     log_since,
     master_pid,
@@ -64,18 +65,20 @@ def test_redeploy_drains_only_the_host_that_owes_a_restart(client):
 # requests in flight a fair chance to show.
 RELOADS = 60
 RELOAD_PAUSE_S = 0.25
+# Clients of the reload case: below nginx_inflight_limit (8), as in test_fuzz.py.
+RELOAD_CLIENTS = 4
 
 
 def test_load_balancer_reloads_cut_nothing(client, lb, report):
     """Every drain and undrain reloads nginx while it serves. Small requests at a high rate
     (GET /v1/model: through lb1's public and inner servers to an app host) across many
-    reloads: none may fail. 4 clients, below nginx_inflight_limit (8) as in test_fuzz.py.
+    reloads: none may fail.
     Each request opens its own connection to lb1 (loadgen.py): what a reload does to a
     client's own idle kept-alive connection is not what this checks."""
     lb1 = fleet_host("lb1")
-    errors_before = int(sh(lb1, f"wc -l < {ERROR_LOG}").strip())
+    errors_mark = log_mark(ERROR_LOG)
     mark = log_mark()
-    load = Load(client, "reloads", lb, duration=300, concurrency=4, get="/v1/model")
+    load = Load(client, "reloads", lb, duration=300, concurrency=RELOAD_CLIENTS, get="/v1/model")
     time.sleep(1)
     started = time.time()
     for _ in range(RELOADS):
@@ -86,28 +89,29 @@ def test_load_balancer_reloads_cut_nothing(client, lb, report):
     result = load.result(stop=True)
     errors = [
         line
-        for line in sh(lb1, f"tail -n +{errors_before + 1} {ERROR_LOG}").splitlines()
+        for line in lines_since(errors_mark, ERROR_LOG)
         if "[error]" in line and "limiting requests" not in line
     ]
-    # The public server's lines name the inner socket; two of them: tried again on a new
+    # The public server's lines name the inner socket; two of them: tried again on another
     # connection after a kept-alive one failed.
     again = [e for e in log_since(mark) if e["upstream_addr"].count("unix:") > 1]
     report.add(
         "Load balancer reloads",
-        f"{RELOADS} reloads of nginx on lb1, one every {RELOAD_PAUSE_S} s, under 4 clients"
+        f"{RELOADS} reloads of nginx on lb1, one every {RELOAD_PAUSE_S} s, under {RELOAD_CLIENTS}"
+        " clients"
         " of GET /v1/model (each request through lb1's public and inner servers to an app"
         " host): 0 failed.",
         result,
         [
             f"the reloads took {seconds:.0f} s",
             f"nginx error log lines meanwhile: {len(errors)}; requests the public server sent"
-            f" again on a new connection to the inner one: {len(again)}",
+            f" again on another connection to the inner one: {len(again)}",
         ],
     )
     assert result["failed"] == 0, (brief(result), errors[-5:])
     # A load that hardly ran could not fail: at least one request per client and reload
     # (the lab answered about 1,000 a second here, on 2 cores).
-    assert result["sent"] >= 4 * RELOADS, brief(result)
+    assert result["sent"] >= RELOAD_CLIENTS * RELOADS, brief(result)
 
 
 def test_rolling_deploy_loses_nothing(client, lb, report, capacity, tmp_path):
