@@ -1,8 +1,9 @@
 """The GPU check's measuring part (bench/gpu/check sets up its Python path and runs it).
 
 Starts segserve under uWSGI with app/uwsgi.ini (the role's options), SEGSERVE_DEVICE=cuda and
-the role's layout (GPUs x WORKERS_PER_GPU workers), checks each worker took its own GPU, then
-loads it with real photos at two concurrencies and writes bench/results/gpu.md (or $OUT/gpu.md).
+the role's layout (GPUs x uwsgi_app_processes_per_gpu workers), checks each worker took its
+own GPU, loads it with real photos at two concurrencies, then loads other workers-per-GPU
+layouts once each, and writes bench/results/gpu.md (or $OUT/gpu.md) after each layout.
 """
 
 from __future__ import annotations
@@ -24,8 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-# The uwsgi_app role's default (uwsgi_app_processes_per_gpu).
-WORKERS_PER_GPU = 2
+ROLE_DEFAULTS = ROOT / "roles/uwsgi_app/defaults/main.yml"
 READY_TIMEOUT_S = 180
 # --cpu: a rehearsal of the whole check on a machine without a GPU (the plumbing, not the
 # figures), so that scarce GPU time is not spent finding a typo.
@@ -47,6 +47,14 @@ def smi(*query: str) -> list[list[str]]:
         capture_output=True, text=True, check=True, timeout=30,
     ).stdout  # fmt: skip
     return [[field.strip() for field in line.split(",")] for line in out.splitlines() if line]
+
+
+def role_workers_per_gpu() -> int:
+    """uwsgi_app_processes_per_gpu from the role's defaults (read, not copied)."""
+    found = re.search(r"^uwsgi_app_processes_per_gpu: (\d+)$", ROLE_DEFAULTS.read_text(), re.M)
+    if not found:
+        raise SystemExit(f"uwsgi_app_processes_per_gpu not found in {ROLE_DEFAULTS}")
+    return int(found.group(1))
 
 
 def cpu_model() -> str:
@@ -77,11 +85,15 @@ def start(args, gpus: int, workers: int) -> tuple[subprocess.Popen, str, str, Pa
 
     work = Path(args.work)
     weights = work / "weights.pth"
-    # The bench's test device: masks of many classes, so encode costs what a real mask costs.
-    weights_mod.save(
-        weights_mod.init_payload("lraspp_mobilenet_v3_large", 0, varied_masks=True), weights
-    )
-    (work / "metrics").mkdir()
+    if not weights.exists():
+        # The bench's test device: masks of many classes, so encode costs what a real mask
+        # costs.
+        weights_mod.save(
+            weights_mod.init_payload("lraspp_mobilenet_v3_large", 0, varied_masks=True), weights
+        )
+    # Each layout its own metrics directory and log: /metrics sums the files it finds.
+    metrics = work / f"metrics-{workers}"
+    metrics.mkdir()
     port, stats = free_port(), free_port()
     env = {
         **os.environ,
@@ -90,9 +102,9 @@ def start(args, gpus: int, workers: int) -> tuple[subprocess.Popen, str, str, Pa
         "SEGSERVE_GPU_COUNT": str(gpus),
         "SEGSERVE_TORCH_THREADS": "1",
         "OMP_NUM_THREADS": "1",
-        "PROMETHEUS_MULTIPROC_DIR": str(work / "metrics"),
+        "PROMETHEUS_MULTIPROC_DIR": str(metrics),
     }
-    log = work / "uwsgi.log"
+    log = work / f"uwsgi-{workers}.log"
     proc = subprocess.Popen(
         [
             args.uwsgi, "--ini", str(ROOT / "app/uwsgi.ini"),
@@ -188,39 +200,94 @@ def worker_pids(stats_url: str) -> dict[str, int]:
     return {str(w["pid"]): w["id"] for w in stats["workers"]}
 
 
-def report(machine: dict, placed: list[dict], pids: dict[str, int], phases: list[dict]) -> str:
+def driver_view() -> dict:
+    """What the cuda role's detection and verify tasks read on this machine, read the same
+    way (roles/cuda/tasks/detect.yml, verify.yml), so a real GPU host checks their parsing."""
+    pci = []
+    for dev in sorted(Path("/sys/bus/pci/devices").glob("*")):
+        try:
+            if (dev / "vendor").read_text().strip() == "0x10de":
+                pci.append(f"{dev.name} {(dev / 'device').read_text().strip()} "
+                           f"{(dev / 'class').read_text().strip()}")  # fmt: skip
+        except OSError:
+            continue
+    try:
+        module = Path("/sys/module/nvidia/version").read_text().strip()
+    except OSError:
+        module = "none"
+    from segserve import gpus as gpus_mod
+
+    return {
+        "pci": pci,
+        # detect.yml: class 0x0300/0x0302 are GPUs, 0x0680 an NVSwitch.
+        "pci_gpus": sum(1 for line in pci if re.search(r" 0x030[02]", line)),
+        "pci_nvswitches": sum(1 for line in pci if " 0x0680" in line),
+        "module": module,
+        "driver_gpus": gpus_mod.driver_gpu_count(),
+        "smi": smi_rows("--query-gpu=index,name,memory.total,driver_version,compute_cap"),
+    }
+
+
+def smi_rows(query: str) -> list[str]:
+    """nvidia-smi's rows, or its error as the one row: a report, not a reason to stop."""
+    try:
+        return [", ".join(row) for row in smi(query)]
+    except (OSError, subprocess.SubprocessError) as error:
+        return [f"nvidia-smi failed: {error}"]
+
+
+def worker_of(placed: dict) -> int:
+    return placed["worker"]
+
+
+def phase_row(ph: dict) -> str:
+    util = ", ".join(f"{k}: {v:.0f}" for k, v in sorted(ph["gpu_util"].items()))
+    cpu = 1 - ph["stage_share"]["inference"]
+    return (
+        f"{ph['concurrency']} | {ph['requests']} | {ph['images_per_s']:.1f} | "
+        f"{ph['p50_ms']:.1f} | {ph['p99_ms']:.1f} | {util} | {cpu:.0%} |"
+    )
+
+
+def report(machine: dict, main: dict, sweep: list[dict]) -> str:
+    view = machine["driver_view"]
     lines = [
         "# GPU check: segserve under uWSGI on CUDA",
         "",
         f"Written by `bench/gpu/check` on {time.strftime('%Y-%m-%d', time.gmtime())}.",
         f"Machine: {machine['gpus']}; driver {machine['driver']}; torch {machine['torch']} "
         f"(CUDA {machine['cuda']}); {machine['cpus']} CPU cores ({machine['cpu']}).",
-        f"Layout: {machine['workers']} workers (GPUs x {WORKERS_PER_GPU}), one torch thread "
-        "each, app/uwsgi.ini (the role's options), lazy-apps; 520 short side; PNG masks; the "
-        "bench's multi-class test weights (untrained: speed only, no accuracy).",
+        f"Layout: {main['workers']} workers (GPUs x {machine['per_gpu']}, "
+        "`uwsgi_app_processes_per_gpu`), one torch thread each, app/uwsgi.ini (the role's "
+        "options), lazy-apps; 520 short side; PNG masks; the bench's multi-class test weights "
+        "(untrained: speed only, no accuracy).",
         "CUDA smoke test (roles/uwsgi_app/files/cuda_smoke.py): "
         f"`{machine.get('smoke', 'not run')}`",
+        "",
+        "## What the cuda role reads here (its detection, read the same way)",
+        "",
+        f"- NVIDIA PCI devices (address, device, class): {'; '.join(view['pci']) or 'none'}",
+        f"- GPUs by PCI class: {view['pci_gpus']}; NVSwitches: {view['pci_nvswitches']}",
+        f"- loaded module (/sys/module/nvidia/version): {view['module']}",
+        f"- GPUs the driver lists (/proc/driver/nvidia/gpus, `SEGSERVE_DEVICE=auto`): "
+        f"{view['driver_gpus']}",
+        f"- nvidia-smi (index, name, MiB, driver, compute capability): "
+        f"{'; '.join(view['smi']) or 'none'}",
         "",
         "## Worker placement (from each worker's `ready:` line)",
         "",
         "| worker | device |",
         "| --- | --- |",
-        *(f"| {p['worker']} | {p['device']} |" for p in sorted(placed, key=lambda p: p["worker"])),
+        *(f"| {p['worker']} | {p['device']} |" for p in sorted(main["placed"], key=worker_of)),
         "",
         "## Load (closed loop, 3 sample photos and one 1920x1280 JPEG in turn)",
         "",
         "| concurrency | requests | images/s | p50 ms | p99 ms | GPU util % (per GPU) | "
         "CPU stages share |",
         "| --- | --- | --- | --- | --- | --- | --- |",
+        *(f"| {phase_row(ph)}" for ph in main["phases"]),
     ]
-    for ph in phases:
-        util = ", ".join(f"{k}: {v:.0f}" for k, v in sorted(ph["gpu_util"].items()))
-        cpu = 1 - ph["stage_share"]["inference"]
-        lines.append(
-            f"| {ph['concurrency']} | {ph['requests']} | {ph['images_per_s']:.1f} | "
-            f"{ph['p50_ms']:.1f} | {ph['p99_ms']:.1f} | {util} | {cpu:.0%} |"
-        )
-    last = phases[-1]
+    last = main["phases"][-1]
     lines += [
         "",
         "CPU stages share: decode + preprocess + postprocess + encode over the app's whole "
@@ -235,10 +302,49 @@ def report(machine: dict, placed: list[dict], pids: dict[str, int], phases: list
         "| worker | pid | MiB |",
         "| --- | --- | --- |",
     ]
-    mem = {pid: mib for ph in phases for pid, mib in ph["proc_mem_mib"].items()}
-    for pid, mib in sorted(mem.items(), key=lambda kv: pids.get(kv[0], 0)):
-        lines.append(f"| {pids.get(pid, '?')} | {pid} | {mib:.0f} |")
+    mem = {pid: mib for ph in main["phases"] for pid, mib in ph["proc_mem_mib"].items()}
+    for pid, mib in sorted(mem.items(), key=lambda kv: main["pids"].get(kv[0], 0)):
+        lines.append(f"| {main['pids'].get(pid, '?')} | {pid} | {mib:.0f} |")
+    if sweep:
+        lines += [
+            "",
+            "## Workers per GPU (other layouts, same run: is the role's default right here?)",
+            "",
+            "| workers per GPU | concurrency | requests | images/s | p50 ms | p99 ms | "
+            "GPU util % | CPU stages share |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |",
+            *(f"| {run['per_gpu']} | {phase_row(ph)}" for run in [main, *sweep]
+              for ph in run["phases"][-1:]),
+        ]  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def run_layout(args, gpus: int, per_gpu: int, concurrencies, seconds: int, images) -> dict:
+    """Start uWSGI with GPUs x per_gpu workers, check their placement, load it, stop it."""
+    workers = gpus * per_gpu
+    proc, url, stats_url, log = start(args, gpus, workers)
+    try:
+        placed = wait_ready(proc, log, workers)
+        expected = {
+            w: "cpu" if CPU_REHEARSAL else f"cuda:{(w - 1) % gpus}" for w in range(1, workers + 1)
+        }
+        wrong = [p for p in placed if expected[p["worker"]] != p["device"]]
+        if wrong:
+            raise SystemExit(f"workers on the wrong GPU: {wrong} (expected {expected})")
+        for body in images:  # warm every worker's kernels for each image size
+            for _ in range(workers):
+                post(url, body)
+        phases = [load(url, images, c * workers, seconds) for c in concurrencies]
+        pids = worker_pids(stats_url)
+    except BaseException:
+        # The log travels back with the report: the reason is in it.
+        (Path(args.out) / f"gpu-uwsgi-{workers}.log").write_bytes(log.read_bytes()[-200_000:])
+        raise
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    return {"per_gpu": per_gpu, "workers": workers, "placed": placed, "pids": pids,
+            "phases": phases}  # fmt: skip
 
 
 def main() -> None:
@@ -247,19 +353,27 @@ def main() -> None:
     parser.add_argument("--uwsgi", required=True)
     parser.add_argument("--out", required=True)
     parser.add_argument("--seconds", type=int, default=60)
+    parser.add_argument(
+        "--sweep", default="4,8",
+        help="other workers-per-GPU layouts to load once each (concurrency 2 x workers) for "
+        "half the seconds; '' for none",
+    )  # fmt: skip
     parser.add_argument("--cpu", action="store_true", help="rehearse without a GPU")
     args = parser.parse_args()
     global CPU_REHEARSAL
     CPU_REHEARSAL = args.cpu
+    sweep = [int(n) for n in args.sweep.split(",") if n.strip()]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     rows = smi("--query-gpu=index,name,driver_version") or [["0", "no GPU (CPU rehearsal)", "-"]]
     gpus = len(rows)
-    workers = gpus * WORKERS_PER_GPU
+    per_gpu = role_workers_per_gpu()
     import torch
 
     machine = {
         "gpus": f"{gpus} x {rows[0][1]}", "driver": rows[0][2], "torch": torch.__version__,
         "cuda": torch.version.cuda, "cpus": os.cpu_count(), "cpu": cpu_model(),
-        "workers": workers,
+        "per_gpu": per_gpu, "driver_view": driver_view(),
     }  # fmt: skip
     # The role's CUDA smoke test first: every GPU seen, a computation right on each.
     if not CPU_REHEARSAL:
@@ -270,30 +384,21 @@ def main() -> None:
         if smoke.returncode != 0:
             raise SystemExit(smoke.stdout + smoke.stderr)
         machine["smoke"] = smoke.stdout.strip()
-    proc, url, stats_url, log = start(args, gpus, workers)
-    try:
-        placed = wait_ready(proc, log, workers)
-        expected = {
-            w: "cpu" if CPU_REHEARSAL else f"cuda:{(w - 1) % gpus}" for w in range(1, workers + 1)
-        }
-        wrong = [p for p in placed if expected[p["worker"]] != p["device"]]
-        if wrong:
-            raise SystemExit(f"workers on the wrong GPU: {wrong} (expected {expected})")
-        images = photos()
-        for body in images:  # warm every worker's kernels for each image size
-            for _ in range(workers):
-                post(url, body)
-        phases = [load(url, images, c, args.seconds) for c in (workers, 2 * workers)]
-        pids = worker_pids(stats_url)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=60)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    text = report(machine, placed, pids, phases)
-    (out / "gpu.md").write_text(text)
-    (out / "gpu.json").write_text(json.dumps({"machine": machine, "phases": phases}, indent=1))
-    print(text)
+    images = photos()
+    main_run = run_layout(args, gpus, per_gpu, (1, 2), args.seconds, images)
+    runs = []
+
+    def write() -> None:
+        text = report(machine, main_run, runs)
+        (out / "gpu.md").write_text(text)
+        data = {"machine": machine, "layouts": [main_run, *runs]}
+        (out / "gpu.json").write_text(json.dumps(data, indent=1))
+        print(text, flush=True)
+
+    write()  # the role's layout reported before the others can fail
+    for n in sweep:
+        runs.append(run_layout(args, gpus, n, (2,), max(1, args.seconds // 2), images))
+        write()
 
 
 if __name__ == "__main__":
