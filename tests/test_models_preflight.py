@@ -2,6 +2,7 @@
 hosts, keys) by the fleet's preflight, and each app host's room for its models (memory, one
 virtualenv) by playbooks/app.yml's check step, which these tests run as the play runs it."""
 
+import os
 import sys
 from pathlib import Path
 
@@ -160,3 +161,33 @@ def test_models_sharing_a_port_on_a_host_are_refused(tmp_path):
     )
     assert code != 0
     assert "localhost's models would share ports: fast [8001, 8002, 8004, 9100]" in out, out[-2000:]
+
+
+# A GPU host serving torch: one lraspp worker on CUDA needs 1008 MiB of its GPU (806 measured,
+# a quarter more), one deeplab worker 1055; each GPU keeps 1024 MiB for other programs.
+GPU_HOST = {"uwsgi_app_backend": "torch", "uwsgi_app_device": "cuda", "cuda_gpu_count": 1}
+
+
+def test_computed_workers_per_gpu_share_the_gpu_between_the_hosts_models(tmp_path):
+    # Room for one worker of each model, not for two of either: each model's computed share
+    # is half the GPU (with the cores alone, each would take two on a 2-core host).
+    assert len(os.sched_getaffinity(0)) >= 2, "needs 2 cores to mean anything"
+    code, out = run_check(
+        tmp_path, [{"name": "fast"}, DEEPLAB], cuda_gpu_memory_mib=[1024 + 2 * 1055 + 1], **GPU_HOST
+    )
+    assert code == 0, out[-2000:]
+
+
+def test_a_gpu_without_room_for_its_models_workers_is_refused_with_the_numbers(tmp_path):
+    code, out = run_check(
+        tmp_path,
+        [{"name": "fast", "processes": 1}, {**DEEPLAB, "processes": 1}],
+        cuda_gpu_memory_mib=[1024 + 1008],
+        **GPU_HOST,
+    )
+    assert code != 0
+    assert "localhost's GPUs cannot hold its models' workers:" in out, out[-2000:]
+    assert "fast (lraspp_mobilenet_v3_large) 1 workers on one GPU x 1008 MiB = 1008 MiB;" in out
+    assert "deeplab (deeplabv3_mobilenet_v3_large) 1 workers on one GPU x 1055 MiB" in out
+    assert "together 2063 MiB, but its smallest GPU has 2032 MiB" in out
+    assert "so 1008 MiB" in out

@@ -1,7 +1,8 @@
 """On a GPU host the uwsgi_app role starts GPUs x uwsgi_app_processes_per_gpu workers and tells
 the app the host's GPU count (the cuda role's cuda_gpu_count fact), from which each worker
-takes its own GPU (app/README.md, GPU hosts). Rendered on the controller into tmp_path, as
-tasks/configure.yml renders them on a host."""
+takes its own GPU (app/README.md, GPU hosts). Workers per GPU are computed by default: the
+host's cores shared by its GPUs, within the smallest GPU's memory. Rendered on the controller
+into tmp_path, as tasks/configure.yml renders them on a host."""
 
 import os
 import re
@@ -12,7 +13,9 @@ LAYOUT = """\
     - name: Plan the {name} layout
       ansible.builtin.include_role: {{name: segserve.fleet.uwsgi_app, tasks_from: plan.yml}}
       vars: &{name}
-        cuda_gpu_count: 8
+        cuda_gpu_count: {gpus}
+        cuda_gpu_memory_mib: {memory}
+        uwsgi_app_processes_per_gpu: {per_gpu}
         uwsgi_app_device: "{device}"
         uwsgi_app_config_dir: "{out}/{name}"
     - name: Render the {name} layout
@@ -20,7 +23,7 @@ LAYOUT = """\
       vars: *{name}
 """
 PLAY = """\
-- name: Render the service's files for three device settings on an 8-GPU host
+- name: Render the service's files for several GPU layouts
   hosts: localhost
   gather_facts: true
   roles:
@@ -37,14 +40,23 @@ def rendered(tmp_path, name):
     return settings, int(re.search(r"^processes = (\d+)$", ini, re.M).group(1))
 
 
-def test_an_8_gpu_host_gets_one_gpu_per_worker(tmp_path):
-    for name in DEVICES:
+CORES = len(os.sched_getaffinity(0))
+
+
+def render(tmp_path, layouts: dict[str, dict]) -> None:
+    """layouts: name -> device, gpus, memory (MiB per GPU, [] unknown), per_gpu (0 computes)."""
+    for name in layouts:
         (tmp_path / name).mkdir()
-    layouts = "".join(
-        LAYOUT.format(name=name, device=device, out=tmp_path) for name, device in DEVICES.items()
+    text = "".join(
+        LAYOUT.format(name=name, out=tmp_path, **{"gpus": 8, "memory": [], "per_gpu": 2, **lay})
+        for name, lay in layouts.items()
     )
-    run = run_uwsgi_app_render(tmp_path, PLAY.format(layouts=layouts))
+    run = run_uwsgi_app_render(tmp_path, PLAY.format(layouts=text))
     assert run.returncode == 0, run.stdout[-3000:]
+
+
+def test_an_8_gpu_host_gets_one_gpu_per_worker(tmp_path):
+    render(tmp_path, {name: {"device": device} for name, device in DEVICES.items()})
     # auto on a GPU host: 8 GPUs x 2 workers, each worker its own GPU by its slot.
     settings, processes = rendered(tmp_path, "spread")
     assert processes == 16
@@ -64,3 +76,29 @@ def test_an_8_gpu_host_gets_one_gpu_per_worker(tmp_path):
         rf"-w{processes}t1-[0-9a-f]{{16}}\.choice\.json$", settings["SEGSERVE_BACKEND_CHOICE"]
     )
     assert settings["SEGSERVE_ONNX_PATH"].endswith(".onnx")
+
+
+def test_computed_workers_per_gpu_follow_the_cores_within_the_gpus_memory(tmp_path):
+    # One lraspp worker on CUDA: 806 MiB measured, 1008 with the quarter more; 1024 kept free.
+    render(
+        tmp_path,
+        {
+            "one_gpu": {"device": "cuda", "gpus": 1, "memory": [143771], "per_gpu": 0},
+            "unknown_memory": {"device": "cuda", "gpus": 1, "memory": [], "per_gpu": 0},
+            "small_gpu": {"device": "cuda", "gpus": 1, "memory": [1024 + 1008], "per_gpu": 0},
+            "more_gpus_than_cores": {
+                "device": "cuda", "gpus": CORES + 1, "memory": [81559] * (CORES + 1),
+                "per_gpu": 0,
+            },
+            "pinned": {"device": "cuda:0", "gpus": 1, "memory": [143771], "per_gpu": 0},
+        },
+    )  # fmt: skip
+    # One worker per core on a host's only GPU, whether its memory is known or not.
+    assert rendered(tmp_path, "one_gpu")[1] == CORES
+    assert rendered(tmp_path, "unknown_memory")[1] == CORES
+    assert rendered(tmp_path, "pinned")[1] == CORES
+    # A GPU with room for one worker gets one, however many cores the host has.
+    assert rendered(tmp_path, "small_gpu")[1] == 1
+    # Every GPU gets a worker even when the cores are fewer.
+    settings, processes = rendered(tmp_path, "more_gpus_than_cores")
+    assert processes == CORES + 1 and settings["SEGSERVE_GPU_COUNT"] == str(CORES + 1)

@@ -49,12 +49,15 @@ def smi(*query: str) -> list[list[str]]:
     return [[field.strip() for field in line.split(",")] for line in out.splitlines() if line]
 
 
-def role_workers_per_gpu() -> int:
-    """uwsgi_app_processes_per_gpu from the role's defaults (read, not copied)."""
+def role_workers_per_gpu(gpus: int) -> int:
+    """Workers per GPU as the uwsgi_app role gives them: uwsgi_app_processes_per_gpu from its
+    defaults, or where that is 0 (computed), this machine's cores shared by its GPUs
+    (roles/uwsgi_app/vars/main.yml; its GPU-memory cap binds only on GPUs far smaller than
+    this check's workers need)."""
     found = re.search(r"^uwsgi_app_processes_per_gpu: (\d+)$", ROLE_DEFAULTS.read_text(), re.M)
     if not found:
         raise SystemExit(f"uwsgi_app_processes_per_gpu not found in {ROLE_DEFAULTS}")
-    return int(found.group(1))
+    return int(found.group(1)) or max(1, len(os.sched_getaffinity(0)) // gpus)
 
 
 def cpu_model() -> str:
@@ -354,7 +357,7 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--seconds", type=int, default=60)
     parser.add_argument(
-        "--sweep", default="4,8",
+        "--sweep", default="2,8",
         help="other workers-per-GPU layouts to load once each (concurrency 2 x workers) for "
         "half the seconds; '' for none",
     )  # fmt: skip
@@ -367,7 +370,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     rows = smi("--query-gpu=index,name,driver_version") or [["0", "no GPU (CPU rehearsal)", "-"]]
     gpus = len(rows)
-    per_gpu = role_workers_per_gpu()
+    per_gpu = role_workers_per_gpu(gpus)
     import torch
 
     machine = {
