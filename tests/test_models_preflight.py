@@ -191,3 +191,19 @@ def test_a_gpu_without_room_for_its_models_workers_is_refused_with_the_numbers(t
     assert "deeplab (deeplabv3_mobilenet_v3_large) 1 workers on one GPU x 1055 MiB" in out
     assert "together 2063 MiB, but its smallest GPU has 2032 MiB" in out
     assert "so 1008 MiB" in out
+
+
+def test_computed_workers_per_gpu_fit_the_hosts_memory(tmp_path):
+    # Host memory for one CUDA lraspp worker (1148 MiB measured, 1435 with the quarter more)
+    # and its master (64), not for two: one worker, where the cores alone would give two.
+    assert len(os.sched_getaffinity(0)) >= 2, "needs 2 cores to mean anything"
+    meminfo = Path("/proc/meminfo").read_text().split()
+    memory = int(meminfo[meminfo.index("MemTotal:") + 1]) // 1024
+    code, out = run_check(
+        tmp_path,
+        [{"name": "fast"}],
+        cuda_gpu_memory_mib=[143771],
+        uwsgi_app_memory_reserved_mb=memory - (1435 + 64 + 100),
+        **GPU_HOST,
+    )
+    assert code == 0, out[-2000:]
