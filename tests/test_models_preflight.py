@@ -207,3 +207,29 @@ def test_computed_workers_per_gpu_fit_the_hosts_memory(tmp_path):
         **GPU_HOST,
     )
     assert code == 0, out[-2000:]
+
+
+@pytest.mark.parametrize("setting", [{}, {"uwsgi_app_processes_per_gpu": 2}])
+def test_gpus_of_unknown_memory_need_a_set_workers_per_gpu(tmp_path, setting):
+    code, out = run_check(
+        tmp_path, [{"name": "fast"}], cuda_gpu_memory_mib=[], **GPU_HOST, **setting
+    )
+    if setting:
+        assert code == 0, out[-2000:]
+    else:
+        assert code != 0
+        assert "serves torch on 1 GPU(s) of unknown memory" in out, out[-2000:]
+
+
+@pytest.mark.parametrize("memory", [["80GB"], 81559, "81559", [0]])
+def test_gpu_memory_that_is_not_a_list_of_mib_is_refused(tmp_path, memory):
+    code, out = run_check(tmp_path, [{"name": "fast"}], cuda_gpu_memory_mib=memory, **GPU_HOST)
+    assert code != 0
+    assert "uwsgi_app_gpu_memory_mib a list of each GPU's MiB as whole numbers" in out, out[-2000:]
+
+
+def test_the_role_knows_a_cuda_workers_memory_for_every_architecture():
+    from segserve.models import ARCHS
+
+    table = yaml.safe_load((ROOT / "roles/uwsgi_app/vars/main.yml").read_text())
+    assert set(table["__uwsgi_app_cuda_worker_mb"]) == set(ARCHS)

@@ -84,7 +84,6 @@ def test_computed_workers_per_gpu_follow_the_cores_within_the_gpus_memory(tmp_pa
         tmp_path,
         {
             "one_gpu": {"device": "cuda", "gpus": 1, "memory": [143771], "per_gpu": 0},
-            "unknown_memory": {"device": "cuda", "gpus": 1, "memory": [], "per_gpu": 0},
             "small_gpu": {"device": "cuda", "gpus": 1, "memory": [1024 + 1008], "per_gpu": 0},
             "more_gpus_than_cores": {
                 "device": "cuda", "gpus": CORES + 1, "memory": [81559] * (CORES + 1),
@@ -93,9 +92,8 @@ def test_computed_workers_per_gpu_follow_the_cores_within_the_gpus_memory(tmp_pa
             "pinned": {"device": "cuda:0", "gpus": 1, "memory": [143771], "per_gpu": 0},
         },
     )  # fmt: skip
-    # One worker per core on a host's only GPU, whether its memory is known or not.
+    # One worker per core on a host's only GPU.
     assert rendered(tmp_path, "one_gpu")[1] == CORES
-    assert rendered(tmp_path, "unknown_memory")[1] == CORES
     assert rendered(tmp_path, "pinned")[1] == CORES
     # A GPU with room for one worker gets one, however many cores the host has.
     assert rendered(tmp_path, "small_gpu")[1] == 1

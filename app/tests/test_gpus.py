@@ -32,7 +32,7 @@ def driver_dir(tmp_path: Path, count: int) -> Path:
 
 
 def test_workers_spread_evenly_over_the_gpus():
-    # An 8-GPU server with the role's 2 workers per GPU: 16 workers, 2 on each GPU.
+    # An 8-GPU server with 2 workers per GPU: 16 workers, 2 on each GPU.
     host = [str(i) for i in range(8)]
     chosen = Counter(gpus.gpu_for_worker(worker, host) for worker in range(1, 17))
     assert chosen == {gpu: 2 for gpu in host}
