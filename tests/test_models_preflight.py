@@ -122,10 +122,14 @@ def test_a_host_whose_models_fit_passes(tmp_path):
     assert code == 0, out[-2000:]
 
 
-def test_a_host_without_room_for_its_models_is_refused_with_the_numbers(tmp_path):
-    # Ansible's memtotal_mb: /proc/meminfo's MemTotal in MiB.
+def memtotal_mb() -> int:
+    """Ansible's memtotal_mb: /proc/meminfo's MemTotal in MiB."""
     meminfo = Path("/proc/meminfo").read_text().split()
-    memory = int(meminfo[meminfo.index("MemTotal:") + 1]) // 1024
+    return int(meminfo[meminfo.index("MemTotal:") + 1]) // 1024
+
+
+def test_a_host_without_room_for_its_models_is_refused_with_the_numbers(tmp_path):
+    memory = memtotal_mb()
     # deeplab on onnxruntime/openvino: 346 MiB measured, 433 with the quarter more; enough
     # workers to pass this machine's memory.
     workers = memory // 433 + 1
@@ -197,8 +201,7 @@ def test_computed_workers_per_gpu_fit_the_hosts_memory(tmp_path):
     # Host memory for one CUDA lraspp worker (1148 MiB measured, 1435 with the quarter more)
     # and its master (64), not for two: one worker, where the cores alone would give two.
     assert len(os.sched_getaffinity(0)) >= 2, "needs 2 cores to mean anything"
-    meminfo = Path("/proc/meminfo").read_text().split()
-    memory = int(meminfo[meminfo.index("MemTotal:") + 1]) // 1024
+    memory = memtotal_mb()
     code, out = run_check(
         tmp_path,
         [{"name": "fast"}],
