@@ -350,6 +350,14 @@ def run_layout(args, gpus: int, per_gpu: int, concurrencies, seconds: int, image
             "phases": phases}  # fmt: skip
 
 
+def layouts(text: str) -> list[int]:
+    """--sweep: workers per GPU, comma-separated, each at least 1; '' for none."""
+    counts = [n.strip() for n in text.split(",") if n.strip()]
+    if not all(n.isdigit() and int(n) >= 1 for n in counts):
+        raise argparse.ArgumentTypeError(f"{text!r}: give workers per GPU, e.g. 2,8")
+    return [int(n) for n in counts]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--work", required=True)
@@ -357,7 +365,7 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--seconds", type=int, default=60)
     parser.add_argument(
-        "--sweep", default="2,8",
+        "--sweep", default="2,8", type=layouts,
         help="other workers-per-GPU layouts to load once each (concurrency 2 x workers) for "
         "half the seconds; '' for none",
     )  # fmt: skip
@@ -365,7 +373,7 @@ def main() -> None:
     args = parser.parse_args()
     global CPU_REHEARSAL
     CPU_REHEARSAL = args.cpu
-    sweep = [int(n) for n in args.sweep.split(",") if n.strip()]
+    sweep = args.sweep
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = smi("--query-gpu=index,name,driver_version") or [["0", "no GPU (CPU rehearsal)", "-"]]
