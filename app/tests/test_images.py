@@ -329,3 +329,17 @@ def test_png_mask_decodes_to_the_same_class_ids(shape):
     with Image.open(io.BytesIO(data)) as image:
         assert (image.format, image.mode, image.size) == ("PNG", "L", (shape[1], shape[0]))
         assert np.array_equal(np.asarray(image), mask)
+
+
+def test_classes_present_is_every_id_in_the_mask_once():
+    """The X-Segserve-Classes header and a JSON answer's classes: exactly the ids in the mask,
+    ascending, for any 8-bit mask (the highest id and a strided view included)."""
+    from segserve.handler import Result
+
+    rng = np.random.default_rng(3)
+    full = rng.choice(np.array([0, 4, 20, 255], dtype=np.uint8), size=(61, 47))
+    for mask in (full, full[::2, 1::3], np.zeros((5, 7), np.uint8)):
+        result = Result(mask=mask, width=mask.shape[1], height=mask.shape[0])
+        expected = [int(v) for v in np.unique(mask)]
+        assert result.classes_present() == expected
+        assert result.classes_present() == expected  # asked twice (header and body)
