@@ -2,13 +2,16 @@
 
     python bench/ab.py NAME --a JSON --b JSON [--playbook playbooks/lb.yml] [--limit HOSTS]
                        [--reps 3] [--duration 15] [--conns 1,2] [--format png]
+                       [--open-rates 20] [--open-duration 60]
 
 On the lab as `scripts/bench` leaves it (converged, benchmark client exempt from the rate
 limit), with app2 drained so that every request goes to app1 (one pinned core, one worker):
 each repetition converges PLAYBOOK with the extra vars of A, measures our stack through
 nginx with wrk at each concurrency, then does the same for B; the order of A and B swaps
-every repetition. Figures are medians over repetitions. Writes bench/results/tuning-NAME.md
-and .json. The lab is left converged with A.
+every repetition. With --open-rates, each variant also gets open-loop runs at those fixed
+arrival rates (requests/s), where a pause of the service shows as failed or late requests
+that a closed loop would not send. Figures are medians over repetitions (failures summed).
+Writes bench/results/tuning-NAME.md and .json. The lab is left converged with A.
 """
 
 from __future__ import annotations
@@ -42,7 +45,39 @@ def measure(label, extra, args, bench_vars, url) -> list[dict]:
             f" p99 {r['latency_ms']['p99']:.0f} ms errors {r['errors']}"
             f" app1 {100 * r['container_cpu_share'][lab.APP1]:.0f}%"
         )
+    for rate in args.open_rates:
+        r = lab.open_loop(url, rate, args.open_duration, accept)
+        r["variant"] = label
+        runs.append(r)
+        lab.log(
+            f"{label} open loop {rate}/s: p50 {r['p50']:.0f} p99 {r['p99']:.0f} max"
+            f" {r['max']:.0f} ms failed {r['failed']}/{r['sent']}"
+        )
     return runs
+
+
+def open_loop_lines(res: dict) -> list[str]:
+    lines = [
+        "",
+        f"Open loop (molecule/cluster/files/loadgen.py: evenly spaced arrivals, a connection per"
+        f" request), {res['open_duration']} s a run:",
+        "",
+        "| rate /s | A failed / sent | B failed / sent | A p50 / p99 / max ms |"
+        " B p50 / p99 / max ms |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    for rate in res["open_rates"]:
+        cells = {}
+        for v in ("A", "B"):
+            runs = [r for r in res["runs"] if r["variant"] == v and r.get("rate") == rate]
+            cells[v] = (
+                f"{sum(r['failed'] for r in runs)} / {sum(r['sent'] for r in runs)}",
+                f"{med([r['p50'] for r in runs]):.0f} / {med([r['p99'] for r in runs]):.0f}"
+                f" / {max(r['max'] for r in runs):.0f}",
+            )
+        a, b = cells["A"], cells["B"]
+        lines.append(f"| {rate:g} | {a[0]} | {b[0]} | {a[1]} | {b[1]} |")
+    return lines
 
 
 def report(res: dict, path: Path) -> None:
@@ -66,7 +101,7 @@ def report(res: dict, path: Path) -> None:
     for conns in res["conns"]:
         cells = {}
         for v in ("A", "B"):
-            runs = [r for r in res["runs"] if r["variant"] == v and r["conns"] == conns]
+            runs = [r for r in res["runs"] if r["variant"] == v and r.get("conns") == conns]
             cells[v] = {
                 "ips": med([r["images_per_s"] for r in runs]),
                 "p50": med([r["latency_ms"]["p50"] for r in runs]),
@@ -82,6 +117,8 @@ def report(res: dict, path: Path) -> None:
             f" {100 * a['cpu']:.0f}% | {100 * b['cpu']:.0f}% | {a['errors']} / {b['errors']} |"
             f" {a['each']} | {b['each']} |"
         )
+    if res.get("open_rates"):
+        lines += open_loop_lines(res)
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -96,8 +133,11 @@ def main() -> int:
     ap.add_argument("--duration", type=int, default=15, help="seconds per wrk run")
     ap.add_argument("--conns", default="1,2", help="concurrencies, comma-separated")
     ap.add_argument("--format", choices=("png", "json"), default="png")
+    ap.add_argument("--open-rates", default="", help="open-loop requests/s, comma-separated")
+    ap.add_argument("--open-duration", type=int, default=60, help="seconds per open-loop run")
     args = ap.parse_args()
-    args.conns = [int(c) for c in args.conns.split(",")]
+    args.conns = [int(c) for c in args.conns.split(",") if c]
+    args.open_rates = [float(r) for r in args.open_rates.split(",") if r]
     started = time.time()
     lab.make_image()
     drain_app2 = json.dumps({"nginx_upstream_down_hosts": ["app2"]})
@@ -117,6 +157,8 @@ def main() -> int:
         "duration": args.duration,
         "conns": args.conns,
         "format": args.format,
+        "open_rates": args.open_rates,
+        "open_duration": args.open_duration,
         "runs": [],
     }
     for rep in range(args.reps):

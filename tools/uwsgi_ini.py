@@ -28,18 +28,21 @@ HEADER = """\
 ; options, so variables set by `env =` never reach os.environ.
 [uwsgi]
 ; One process per core, one torch thread each: the role computes it from the host's cores.
-processes = 2
+processes = {processes}
 """
+# The worker count this file runs: a machine of two cores. The role's options that depend on
+# the count (max-requests: none for a lone worker) are rendered for it.
+PROCESSES = 2
 
 
 def render() -> str:
-    variables = RoleVars("segserve", "uwsgi_app")
+    variables = RoleVars("segserve", "uwsgi_app", overrides={"__uwsgi_app_processes": PROCESSES})
     lines = [
         f"{name} = {variables.render(value)}"
         for option in variables.render_raw("__uwsgi_app_options")
         for name, value in option.items()
     ]
-    return HEADER + "\n".join(lines) + "\n"
+    return HEADER.format(processes=PROCESSES) + "\n".join(lines) + "\n"
 
 
 def main() -> int:

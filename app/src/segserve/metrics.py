@@ -113,7 +113,8 @@ class UwsgiStats:
     uWSGI counts a worker's first spawn in its respawn_count; respawns here leave it out, so
     a fresh master reports 0 and Prometheus reads a restart of the service as a counter
     reset. max-requests recycling respawns workers too: its value is exported beside, so a
-    rule can tell planned recycling from deaths (roles/prometheus' rules do).
+    rule can tell planned recycling from deaths (roles/prometheus' rules do); an instance
+    with max-requests 0 (a lone worker, never recycled by count) exports none.
     """
 
     def __init__(self, port: int, model: str, timeout_s: float = 2.0):
