@@ -236,3 +236,21 @@ def test_the_role_knows_a_cuda_workers_memory_for_every_architecture():
 
     table = yaml.safe_load((ROOT / "roles/uwsgi_app/vars/main.yml").read_text())
     assert set(table["__uwsgi_app_cuda_worker_mb"]) == set(ARCHS)
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [
+        {"uwsgi_app_processes_per_gpu": -1},
+        {"uwsgi_app_gpu_memory_reserved_mb": -1},
+        {"uwsgi_app_max_requests": -1},
+        {"uwsgi_app_max_requests_delta": -5},
+        {"uwsgi_app_reload_on_rss_mb": 0},
+        {"uwsgi_app_worker_reload_mercy_s": 0},
+    ],
+)
+def test_a_negative_worker_setting_is_refused_by_name(tmp_path, setting):
+    code, out = run_check(tmp_path, [{"name": "fast"}], **setting)
+    assert code != 0
+    (name,) = setting
+    assert "must be >= 0" in out and name in out, out[-2000:]
