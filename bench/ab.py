@@ -60,7 +60,7 @@ def open_loop_lines(res: dict) -> list[str]:
     lines = [
         "",
         f"Open loop (molecule/cluster/files/loadgen.py: evenly spaced arrivals, a connection per"
-        f" request), {res['open_duration']} s a run:",
+        f" request), {res['open_duration']} s a run; latencies are of the answered requests:",
         "",
         "| rate /s | A failed / sent | B failed / sent | A p50 / p99 / max ms |"
         " B p50 / p99 / max ms |",

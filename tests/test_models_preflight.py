@@ -245,8 +245,8 @@ def test_the_role_knows_a_cuda_workers_memory_for_every_architecture():
         {"uwsgi_app_gpu_memory_reserved_mb": -1},
         {"uwsgi_app_max_requests": -1},
         {"uwsgi_app_max_requests_delta": -5},
-        {"uwsgi_app_reload_on_rss_mb": 0},
-        {"uwsgi_app_worker_reload_mercy_s": 0},
+        {"uwsgi_app_reload_on_rss_mb": -1},
+        {"uwsgi_app_worker_reload_mercy_s": -1},
     ],
 )
 def test_a_negative_worker_setting_is_refused_by_name(tmp_path, setting):

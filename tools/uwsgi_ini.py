@@ -28,6 +28,7 @@ HEADER = """\
 ; options, so variables set by `env =` never reach os.environ.
 [uwsgi]
 ; One process per core, one torch thread each: the role computes it from the host's cores.
+; The role's max-requests depends on it (none for a lone worker).
 processes = {processes}
 """
 # The worker count this file runs: a machine of two cores. The role's options that depend on

@@ -42,7 +42,7 @@ class Result:
     width: int
     height: int
     timings: StageTimings = field(default_factory=StageTimings)
-    _classes: list[int] | None = field(default=None, init=False, repr=False)
+    _classes: list[int] | None = field(default=None, init=False, repr=False, compare=False)
 
     def classes_present(self) -> list[int]:
         """The class ids in the mask, ascending; counted once per result (the header and a
@@ -50,7 +50,8 @@ class Result:
         widens every id to 64 bits: 1.25 ms of a served request on the bench's host, the
         largest cost outside the stages (bench/results/served-overhead-amx.md)."""
         if self._classes is None:
-            counts = Image.fromarray(self.mask).histogram()
+            # As 8-bit ids, like encode_png: a wider mask would otherwise be read wrongly.
+            counts = Image.fromarray(np.asarray(self.mask, dtype=np.uint8)).histogram()
             self._classes = [i for i, count in enumerate(counts) if count]
         return self._classes
 
