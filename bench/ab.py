@@ -136,8 +136,13 @@ def main() -> int:
     ap.add_argument("--open-rates", default="", help="open-loop requests/s, comma-separated")
     ap.add_argument("--open-duration", type=int, default=60, help="seconds per open-loop run")
     args = ap.parse_args()
-    args.conns = [int(c) for c in args.conns.split(",") if c]
-    args.open_rates = [float(r) for r in args.open_rates.split(",") if r]
+    try:
+        args.conns = [int(c) for c in args.conns.split(",") if c]
+        args.open_rates = [float(r) for r in args.open_rates.split(",") if r]
+    except ValueError as exc:
+        ap.error(f"--conns takes whole numbers and --open-rates numbers, comma-separated: {exc}")
+    if any(c < 1 for c in args.conns) or any(r <= 0 for r in args.open_rates):
+        ap.error("--conns and --open-rates must be above 0")
     started = time.time()
     lab.make_image()
     drain_app2 = json.dumps({"nginx_upstream_down_hosts": ["app2"]})

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parent.parent
 PLAYBOOK = """\
 - name: Run {tasks} of the {role} role alone
@@ -110,3 +112,33 @@ def run_uwsgi_app_render(tmp_path: Path, play: str, **extra):
         "__uwsgi_app_restart_marker": str(tmp_path / "restart-pending"),
     }
     return run_playbook(tmp_path / "play.yml", tmp_path / "hosts.yml", {**paths, **extra})
+
+
+def render_uwsgi_app_instances(tmp_path: Path, instances: dict[str, dict]):
+    """Plan and render the uwsgi_app role's files once per named instance, each with its own
+    variables, into tmp_path/NAME, as tasks/configure.yml renders them on a host."""
+    tasks = []
+    for name, variables in instances.items():
+        (tmp_path / name).mkdir()
+        scoped = {**variables, "uwsgi_app_config_dir": str(tmp_path / name)}
+        for step, tasks_from in (("Plan", "plan.yml"), ("Render", "configure.yml")):
+            tasks.append(
+                {
+                    "name": f"{step} the {name} instance",
+                    "ansible.builtin.include_role": {
+                        "name": "segserve.fleet.uwsgi_app",
+                        "tasks_from": tasks_from,
+                    },
+                    "vars": scoped,
+                }
+            )
+    play = [
+        {
+            "name": "Render the service's files of several instances",
+            "hosts": "localhost",
+            "gather_facts": True,
+            "roles": [{"role": "segserve.fleet.segserve"}],
+            "tasks": tasks,
+        }
+    ]
+    return run_uwsgi_app_render(tmp_path, yaml.safe_dump(play, sort_keys=False))

@@ -7,29 +7,8 @@ into tmp_path, as tasks/configure.yml renders them on a host."""
 import os
 import re
 
-from preflight import run_uwsgi_app_render
+from preflight import render_uwsgi_app_instances
 
-LAYOUT = """\
-    - name: Plan the {name} layout
-      ansible.builtin.include_role: {{name: segserve.fleet.uwsgi_app, tasks_from: plan.yml}}
-      vars: &{name}
-        cuda_gpu_count: {gpus}
-        cuda_gpu_memory_mib: {memory}
-        uwsgi_app_processes_per_gpu: {per_gpu}
-        uwsgi_app_device: "{device}"
-        uwsgi_app_config_dir: "{out}/{name}"
-    - name: Render the {name} layout
-      ansible.builtin.include_role: {{name: segserve.fleet.uwsgi_app, tasks_from: configure.yml}}
-      vars: *{name}
-"""
-PLAY = """\
-- name: Render the service's files for several GPU layouts
-  hosts: localhost
-  gather_facts: true
-  roles:
-    - role: segserve.fleet.segserve
-  tasks:
-{layouts}"""
 DEVICES = {"spread": "auto", "pinned": "cuda:3", "cpu": "cpu"}
 
 
@@ -45,13 +24,16 @@ CORES = len(os.sched_getaffinity(0))
 
 def render(tmp_path, layouts: dict[str, dict]) -> None:
     """layouts: name -> device, gpus, memory (MiB per GPU, [] unknown), per_gpu (0 computes)."""
-    for name in layouts:
-        (tmp_path / name).mkdir()
-    text = "".join(
-        LAYOUT.format(name=name, out=tmp_path, **{"gpus": 8, "memory": [], "per_gpu": 2, **lay})
-        for name, lay in layouts.items()
-    )
-    run = run_uwsgi_app_render(tmp_path, PLAY.format(layouts=text))
+    instances = {}
+    for name, lay in layouts.items():
+        lay = {"gpus": 8, "memory": [], "per_gpu": 2, **lay}
+        instances[name] = {
+            "cuda_gpu_count": lay["gpus"],
+            "cuda_gpu_memory_mib": lay["memory"],
+            "uwsgi_app_processes_per_gpu": lay["per_gpu"],
+            "uwsgi_app_device": lay["device"],
+        }
+    run = render_uwsgi_app_instances(tmp_path, instances)
     assert run.returncode == 0, run.stdout[-3000:]
 
 

@@ -6,42 +6,26 @@ into tmp_path, as tasks/configure.yml renders them on a host."""
 
 import re
 
-from preflight import run_uwsgi_app_render
+from preflight import render_uwsgi_app_instances
 
-LAYOUT = """\
-    - name: Plan the {name} instance
-      ansible.builtin.include_role: {{name: segserve.fleet.uwsgi_app, tasks_from: plan.yml}}
-      vars: &{name}
-        uwsgi_app_device: cpu
-        uwsgi_app_processes: {processes}
-        uwsgi_app_recycle_single_worker: {recycle}
-        uwsgi_app_config_dir: "{out}/{name}"
-    - name: Render the {name} instance
-      ansible.builtin.include_role: {{name: segserve.fleet.uwsgi_app, tasks_from: configure.yml}}
-      vars: *{name}
-"""
-PLAY = """\
-- name: Render the service's files for instances of one and several workers
-  hosts: localhost
-  gather_facts: true
-  roles:
-    - role: segserve.fleet.segserve
-  tasks:
-{layouts}"""
+# uwsgi_app_processes and uwsgi_app_recycle_single_worker of each instance.
 INSTANCES = {
-    "lone": {"processes": 1, "recycle": "false"},
-    "pair": {"processes": 2, "recycle": "false"},
-    "lone_recycled": {"processes": 1, "recycle": "true"},
+    "lone": (1, False),
+    "pair": (2, False),
+    "lone_recycled": (1, True),
 }
 
 
 def test_only_instances_of_several_workers_recycle_by_count(tmp_path):
-    for name in INSTANCES:
-        (tmp_path / name).mkdir()
-    text = "".join(
-        LAYOUT.format(name=name, out=tmp_path, **values) for name, values in INSTANCES.items()
-    )
-    run = run_uwsgi_app_render(tmp_path, PLAY.format(layouts=text))
+    instances = {
+        name: {
+            "uwsgi_app_device": "cpu",
+            "uwsgi_app_processes": processes,
+            "uwsgi_app_recycle_single_worker": recycle,
+        }
+        for name, (processes, recycle) in INSTANCES.items()
+    }
+    run = render_uwsgi_app_instances(tmp_path, instances)
     assert run.returncode == 0, run.stdout[-3000:]
 
     def option(name, key):
