@@ -48,16 +48,21 @@ def scrape_interval_s():
 
 
 def settle(expr, timeout=60):
-    """The value of `expr` once it stopped changing over two scrapes."""
+    """The value of `expr` once it stopped changing over two scrapes. A counter's series exists
+    only from the first scrape after its first request (a restart of the units starts it
+    again), so an empty answer means "not scraped yet", never a value."""
     wait = 2 * scrape_interval_s() + 1
     deadline = time.monotonic() + timeout
-    last = scalar(expr)
+    last = None
     while True:
-        time.sleep(wait)
-        now = scalar(expr)
-        if now == last or time.monotonic() > deadline:
+        result = query(expr)
+        assert len(result) <= 1, (expr, result)
+        now = float(result[0]["value"][1]) if result else None
+        if now is not None and now == last:
             return now
+        assert time.monotonic() < deadline, f"{expr} did not settle in {timeout} s: {last}, {now}"
         last = now
+        time.sleep(wait)
 
 
 def test_every_target_is_up():
