@@ -331,6 +331,20 @@ def test_png_mask_decodes_to_the_same_class_ids(shape):
         assert np.array_equal(np.asarray(image), mask)
 
 
+def test_ids_present_counts_ids_found_only_where_a_run_starts_or_at_either_end():
+    """A mask of a few regions takes the run-start path: an id that is only the first pixel,
+    only the last pixel, or one lone pixel inside a region is still found; so are 0 and 255."""
+    from segserve.images import ids_present
+
+    mask = np.full((40, 30), 7, np.uint8)
+    mask[10:20, 5:25] = 255
+    mask[0, 0] = 3  # only the first pixel
+    mask[-1, -1] = 0  # only the last pixel
+    mask[15, 12] = 42  # one pixel inside the 255 region
+    for case in (mask, mask.T, mask[::-1], np.array([[9]], np.uint8), np.zeros((0, 4), np.uint8)):
+        assert ids_present(case) == [int(v) for v in np.unique(case)], case.shape
+
+
 def test_classes_present_is_every_id_in_the_mask_once():
     """The X-Segserve-Classes header and a JSON answer's classes: exactly the ids in the mask,
     ascending, for any 8-bit mask (the highest id and a strided view included)."""

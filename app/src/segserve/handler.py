@@ -16,7 +16,7 @@ from PIL import Image
 
 from segserve import gpus
 from segserve.backends import ARTIFACT_BACKENDS, create_backend
-from segserve.images import DecodedImage, decode_image, resized_size
+from segserve.images import DecodedImage, decode_image, ids_present, resized_size
 from segserve.metrics import StageTimings
 
 if TYPE_CHECKING:
@@ -46,13 +46,9 @@ class Result:
 
     def classes_present(self) -> list[int]:
         """The class ids in the mask, ascending; counted once per result (the header and a
-        JSON body both ask). PIL's histogram reads each 8-bit id once, where np.bincount first
-        widens every id to 64 bits: 1.25 ms of a served request on the bench's host, the
-        largest cost outside the stages (bench/results/served-overhead-amx.md)."""
+        JSON body both ask)."""
         if self._classes is None:
-            # As 8-bit ids, like encode_png: a wider mask would otherwise be read wrongly.
-            counts = Image.fromarray(np.asarray(self.mask, dtype=np.uint8)).histogram()
-            self._classes = [i for i, count in enumerate(counts) if count]
+            self._classes = ids_present(self.mask)
         return self._classes
 
 

@@ -250,6 +250,27 @@ def encode_png(mask: np.ndarray) -> bytes:
     )
 
 
+def ids_present(mask: np.ndarray) -> list[int]:
+    """The distinct ids of an 8-bit mask, ascending.
+
+    Every id in a mask is its first pixel or starts a run (a pixel unlike the one before), so
+    only the values that start runs need counting, and a mask of regions has few runs. Counting
+    every pixel is slowest on exactly such masks: a run adds to one bin over and over, each
+    addition waiting for the one before (a one-class 520x520 mask: 0.55 ms with PIL's
+    histogram, 0.04 ms this way; bench/mask_ids.py). A noisy mask, with runs nearly everywhere,
+    goes to PIL's histogram, which is fast when consecutive bins differ."""
+    flat = np.ascontiguousarray(mask, dtype=np.uint8).reshape(-1)
+    if flat.size == 0:
+        return []
+    starts = flat[1:] != flat[:-1]
+    if np.count_nonzero(starts) > flat.size // 8:
+        counts = Image.fromarray(flat.reshape(1, -1)).histogram()
+    else:
+        counts = np.bincount(flat[1:][starts], minlength=256)
+        counts[flat[0]] += 1
+    return [i for i, count in enumerate(counts) if count]
+
+
 def mask_to_json(mask: np.ndarray) -> bytes:
     """`json.dumps(mask.tolist(), separators=(",", ":"))` for a uint8 mask, the same bytes,
     written by orjson straight from the array: no Python int per pixel is ever built
