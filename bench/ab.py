@@ -145,8 +145,7 @@ def main() -> int:
         ap.error("--conns and --open-rates must be above 0")
     started = time.time()
     lab.make_image()
-    drain_app2 = json.dumps({"nginx_upstream_down_hosts": ["app2"]})
-    bench_vars = [json.dumps({"nginx_rate_limit_exempt": [lab.subnet()]}), drain_app2]
+    bench_vars = [lab.exempt_this_machine(), lab.DRAIN_APP2]
     url = f"http://{lab.container_ip(lab.LB1)}/v1/segment"
     lab.playbook("playbooks/lb.yml", bench_vars)
     res = {

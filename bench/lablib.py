@@ -36,6 +36,9 @@ IMAGE = LAB / "bench" / "astronaut-520.jpg"
 # The open-loop load generator: the fault suite's (standard library only).
 LOADGEN = ROOT / "molecule" / "cluster" / "files" / "loadgen.py"
 
+# Extra vars for playbooks/lb.yml that take app2 out of nginx's rotation: every request to app1.
+DRAIN_APP2 = json.dumps({"nginx_upstream_down_hosts": ["app2"]})
+
 # Every log line of the run, kept for the results' .json.
 LOG: list[str] = []
 
@@ -106,6 +109,12 @@ def cpu_usage_ns(container: str) -> int:
                 return int(re.search(r"usage_usec (\d+)", text).group(1)) * 1000
             return int(text)
     return 0
+
+
+def exempt_this_machine() -> str:
+    """Extra vars that exempt this machine (the lab's subnet) from nginx's per-address limits,
+    which would otherwise answer a load test with 429."""
+    return json.dumps({"nginx_rate_limit_exempt": [subnet()]})
 
 
 def container_cores(container: str) -> set[int]:

@@ -35,8 +35,6 @@ from lablib import APP1, LB1, log
 from provision import loadavg, molecule_running, sharing
 from stacks import InProcessCeiling, Phase
 
-DRAIN_APP2 = '{"nginx_upstream_down_hosts": ["app2"]}'
-
 
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -219,7 +217,7 @@ def main() -> int:
     # app1 alone: app2 drained, the stacks take turns on app1's core; then ours is back on it.
     # lb1 and the load generators move off app1's core, as on machines of their own, so that
     # the core measured runs the stack under test and nothing else.
-    lab.playbook("playbooks/lb.yml", bench_vars + [DRAIN_APP2])
+    lab.playbook("playbooks/lb.yml", bench_vars + [lab.DRAIN_APP2])
     res["away_from_app1"] = lab.away_from_app1()
     lab.pin_container(LB1, res["away_from_app1"])
     try:

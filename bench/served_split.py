@@ -28,8 +28,6 @@ import lablib as lab
 import stacks
 from report import machine, med
 
-DRAIN_APP2 = json.dumps({"nginx_upstream_down_hosts": ["app2"]})
-
 
 def records(since: float, until: float) -> list[dict]:
     """app1's request records of /v1/segment between two times (seconds since the epoch)."""
@@ -77,7 +75,7 @@ def main() -> int:
     os.chdir(lab.ROOT)
     started = time.time()
     lab.make_image()
-    bench_vars = [json.dumps({"nginx_rate_limit_exempt": [lab.subnet()]}), DRAIN_APP2]
+    bench_vars = [lab.exempt_this_machine(), lab.DRAIN_APP2]
     lab.playbook("playbooks/lb.yml", bench_vars)
     lab.dexec(lab.APP1, f"mkdir -p {lab.BENCH_DIR}")
     lab.sh(["docker", "cp", str(lab.IMAGE), f"{lab.APP1}:{lab.BENCH_DIR}/image.jpg"])
