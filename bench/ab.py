@@ -26,7 +26,7 @@ from pathlib import Path
 
 import lablib as lab
 from provision import loadavg
-from report import machine, med
+from report import machine, med, named
 
 RESULTS = lab.RESULTS
 
@@ -173,8 +173,8 @@ def main() -> int:
     res["load_end"] = loadavg()
     res["minutes"] = (time.time() - started) / 60
     out = RESULTS / f"tuning-{args.name}"
-    out.with_suffix(".json").write_text(json.dumps(res, indent=1, default=str) + "\n")
-    report(res, out.with_suffix(".md"))
+    named(out, ".json").write_text(json.dumps(res, indent=1, default=str) + "\n")
+    report(res, named(out, ".md"))
     lab.log(f"wrote {out}.md")
     return 0
 

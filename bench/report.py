@@ -22,6 +22,12 @@ def med(values):
     return statistics.median(values) if values else float("nan")
 
 
+def named(out: Path, suffix: str) -> Path:
+    """OUT with SUFFIX appended: a results name may hold dots (`serving-1.5`), which
+    Path.with_suffix would cut at, writing `serving-1.md` over another run's report."""
+    return out.with_name(out.name + suffix)
+
+
 def row_key(stack: str, fmt: str, conns: int) -> str:
     """A row's key in the .json (JSON keys are strings)."""
     return f"{stack}|{fmt}|{conns}"
@@ -431,5 +437,5 @@ def write_markdown(res: dict, path: Path) -> None:
 
 def write(res: dict, out: Path) -> None:
     """OUT.png and OUT.md from the run's record."""
-    plot(rows_from_json(res), res["ceilings"], out.with_suffix(".png"))
-    write_markdown(res, out.with_suffix(".md"))
+    plot(rows_from_json(res), res["ceilings"], named(out, ".png"))
+    write_markdown(res, named(out, ".md"))

@@ -165,7 +165,7 @@ def main() -> int:
     args = parse_args()
     out = Path(args.out)
     if args.report_only:
-        report.write(json.loads(out.with_suffix(".json").read_text()), out)
+        report.write(json.loads(report.named(out, ".json").read_text()), out)
         return 0
     os.chdir(lab.ROOT)
     started = time.time()
@@ -248,7 +248,7 @@ def main() -> int:
     res["run_minutes"] = (time.time() - started) / 60
     res["log"] = lab.LOG
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(res, indent=1, default=str) + "\n")
+    report.named(out, ".json").write_text(json.dumps(res, indent=1, default=str) + "\n")
     report.write(res, out)
     log(f"wrote {out}.md, .png, .json in {res['run_minutes']:.1f} min")
     return 0

@@ -22,11 +22,10 @@ import shlex
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import lablib as lab
 import stacks
-from report import machine, med
+from report import machine, med, named
 
 
 def records(since: float, until: float) -> list[dict]:
@@ -112,9 +111,9 @@ def main() -> int:
         lab.pin_container(lab.LB1, None)
         lab.playbook("playbooks/lb.yml", [bench_vars[0]])
     res["minutes"] = (time.time() - started) / 60
-    out = lab.RESULTS / args.out  # NAME may hold dots: suffixes appended, not replaced
-    Path(f"{out}.json").write_text(json.dumps(res, indent=1) + "\n")
-    Path(f"{out}.md").write_text("\n".join(report(res, args)) + "\n")
+    out = lab.RESULTS / args.out
+    named(out, ".json").write_text(json.dumps(res, indent=1) + "\n")
+    named(out, ".md").write_text("\n".join(report(res, args)) + "\n")
     lab.log(f"wrote {out}.md")
     return 0
 
