@@ -1,6 +1,8 @@
-"""The class ids present in a mask (the X-Segserve-Classes header), two ways, in one process:
-PIL's histogram of every pixel against segserve.images.ids_present (the values that start
-runs). Masks of 520x520: one class, a few regions (what a segmentation looks like), and noise.
+"""Counting a mask's ids two ways, in one process: every pixel, against by runs
+(segserve.images.id_counts). For the classes present (the X-Segserve-Classes header: PIL's
+histogram against ids_present) and for a JSON answer's length, counted before it is built
+(np.bincount against json_mask_bytes). Masks of 520x520: one class, a few regions (what a
+segmentation looks like), and noise.
 
     python bench/mask_ids.py [-n 300]
 
@@ -16,7 +18,7 @@ import time
 import numpy as np
 from PIL import Image
 
-from segserve.images import ids_present
+from segserve.images import _ID_DIGITS, ids_present, json_mask_bytes
 
 
 def masks(size: int = 520) -> dict[str, np.ndarray]:
@@ -33,20 +35,27 @@ def every_pixel(mask: np.ndarray) -> list[int]:
     return [i for i, count in enumerate(Image.fromarray(mask).histogram()) if count]
 
 
+def json_bytes_every_pixel(mask: np.ndarray) -> int:
+    height, width = mask.shape
+    return 1 + height * (width + 2) + int(np.bincount(mask.ravel(), minlength=256) @ _ID_DIGITS)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("-n", type=int, default=300)
     args = parser.parse_args()
+    pairs = ((every_pixel, ids_present), (json_bytes_every_pixel, json_mask_bytes))
     for name, mask in masks().items():
-        assert ids_present(mask) == every_pixel(mask), name
         cells = []
-        for way in (every_pixel, ids_present):
-            times = []
-            for _ in range(args.n):
-                started = time.perf_counter()
-                way(mask)
-                times.append(time.perf_counter() - started)
-            cells.append(f"{way.__name__} {statistics.median(times) * 1000:.3f} ms")
+        for pair in pairs:
+            assert pair[0](mask) == pair[1](mask), (name, pair)
+            for way in pair:
+                times = []
+                for _ in range(args.n):
+                    started = time.perf_counter()
+                    way(mask)
+                    times.append(time.perf_counter() - started)
+                cells.append(f"{way.__name__} {statistics.median(times) * 1000:.3f} ms")
         print(f"{name:10s} " + ", ".join(cells))
 
 

@@ -53,6 +53,16 @@ def test_json_mask_bytes_is_the_encoded_length(shape, top):
     assert json_mask_bytes(mask) == len(mask_to_json(mask))
 
 
+def test_json_mask_bytes_of_a_mask_of_regions_is_the_encoded_length():
+    """Regions are counted by their runs, noise pixel by pixel: both must give the length."""
+    mask = np.full((300, 200), 7, np.uint8)
+    mask[40:120, 10:190] = 255
+    mask[200:, :50] = 42
+    mask[0, 0], mask[-1, -1] = 3, 0
+    for case in (mask, mask.T, mask[::-1, ::2]):
+        assert json_mask_bytes(case) == len(mask_to_json(case)), case.shape
+
+
 @pytest.mark.parametrize("size", [(1, 1), (5, 3), (3, 5), (520, 781)], ids=str)
 def test_json_mask_min_bytes_is_the_smallest_either_way_up(size):
     width, height = size
