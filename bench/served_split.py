@@ -76,9 +76,7 @@ def main() -> int:
     lab.make_image()
     bench_vars = [lab.exempt_this_machine(), lab.DRAIN_APP2]
     lab.playbook("playbooks/lb.yml", bench_vars)
-    lab.dexec(lab.APP1, f"mkdir -p {lab.BENCH_DIR}")
-    lab.sh(["docker", "cp", str(lab.IMAGE), f"{lab.APP1}:{lab.BENCH_DIR}/image.jpg"])
-    lab.sh(["docker", "cp", str(lab.HERE / "hostenv.py"), f"{lab.APP1}:{lab.BENCH_DIR}/hostenv.py"])
+    stacks.setup_app1_files()
     stacks.setup_ceiling({})
     url = stacks.lb_url()
     served = stacks.served_backend()

@@ -542,14 +542,19 @@ def chosen(names: list[str], phase: Phase) -> list[Stack]:
     ]
 
 
+def setup_app1_files() -> None:
+    """What every stack reads on app1: the image they all post, and the module with which
+    ceiling.py and the LitServe server read the service's settings."""
+    dexec(APP1, f"mkdir -p {BENCH_DIR}/logs")
+    sh(["docker", "cp", str(lab.IMAGE), f"{APP1}:{BENCH_DIR}/image.jpg"])
+    sh(["docker", "cp", str(lab.HERE / "hostenv.py"), f"{APP1}:{BENCH_DIR}/hostenv.py"])
+
+
 def setup_all() -> dict:
     """Install every stack's pieces on app1 (the image they all post, then each stack's own),
     then note the versions. Returns timings (seconds) and versions."""
     t0 = time.perf_counter()
-    dexec(APP1, f"mkdir -p {BENCH_DIR}/logs")
-    sh(["docker", "cp", str(lab.IMAGE), f"{APP1}:{BENCH_DIR}/image.jpg"])
-    # What ceiling.py and the LitServe server import to read the service's settings.
-    sh(["docker", "cp", str(lab.HERE / "hostenv.py"), f"{APP1}:{BENCH_DIR}/hostenv.py"])
+    setup_app1_files()
     info: dict = {}
     for stack in STACKS:
         if stack.setup:
