@@ -37,6 +37,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--input-size", type=int, default=520)
     args = parser.parse_args()
+    if args.rounds < 1 or args.gap_ms < 0:
+        parser.error("--rounds must be above 0 and --gap-ms at least 0")
 
     _, compiled = compile_artifact(args.artifact, args.precision, 1)
     request = compiled.create_infer_request()

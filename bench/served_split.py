@@ -6,9 +6,10 @@ On the lab as `scripts/bench` or `bench/ab.py` leave it (converged), with app2 d
 lb1 and the client on the cores app1 is not pinned to, as in the bench: each repetition runs
 the ceiling of the backend app1 serves (bench/ceiling.py, decode to PNG in one process), then
 wrk through nginx at each concurrency. app1's own request records of each wrk run (the
-journal's `request` lines) split the client's time per answer into the stages, the app
-around them, and what is outside the app: uWSGI, both nginx hops, the network and the client,
-while the worker waits. Means, so that the parts add up; medians over repetitions.
+journal's `request` lines, so the service must log every request, its default) split each
+answer's time into the stages, the app around them, and what is outside the app's clock:
+uWSGI's and Flask's own request handling, and at one connection the wait for both nginx
+hops, the network and the client. Means, so that the parts add up; medians over repetitions.
 Writes bench/results/NAME.md and .json.
 """
 
@@ -35,12 +36,23 @@ def records(since: float, until: float) -> list[dict]:
         f"journalctl -u segserve --since @{since:.3f} --until @{until:.3f} --no-pager -o cat",
     )
     lines = (json.loads(x) for x in out.splitlines() if x.startswith("{"))
-    return [r for r in lines if r.get("message") == "request" and r.get("status") == 200]
+    return [
+        r
+        for r in lines
+        if r.get("message") == "request"
+        and r.get("endpoint") == "/v1/segment"
+        and r.get("status") == 200
+    ]
 
 
 def split(run: dict, recs: list[dict]) -> dict:
     """Milliseconds per answer (1000 / images/s, as one worker delivers them) and the parts of
-    it the app's records account for; the rest is the worker's idle time."""
+    it the app's records account for; the rest is outside the app's clock."""
+    if not recs:
+        raise RuntimeError(
+            "app1's journal holds no request record of this run: the split needs every request"
+            " logged (uwsgi_app_log_requests: all, the default)"
+        )
     mean = lambda f: statistics.fmean(f(r) for r in recs)  # noqa: E731
     per_answer = 1000 / run["images_per_s"]
     app = mean(lambda r: r["ms"])
@@ -69,8 +81,8 @@ def main() -> int:
         args.conns = [int(c) for c in args.conns.split(",") if c]
     except ValueError as exc:
         ap.error(f"--conns takes whole numbers, comma-separated: {exc}")
-    if not args.conns or min(args.conns) < 1 or args.reps < 1 or args.duration < 1:
-        ap.error("--conns, --reps and --duration must be above 0")
+    if not args.conns or min(args.conns) < 1 or min(args.reps, args.duration, args.ceiling_n) < 1:
+        ap.error("--conns, --reps, --duration and --ceiling-n must be above 0")
     os.chdir(lab.ROOT)
     started = time.time()
     lab.make_image()
