@@ -18,7 +18,7 @@ import time
 import numpy as np
 from PIL import Image
 
-from segserve.images import _ID_DIGITS, ids_present, json_mask_bytes
+from segserve.images import ids_present, json_mask_bytes
 
 
 def masks(size: int = 520) -> dict[str, np.ndarray]:
@@ -36,8 +36,7 @@ def every_pixel(mask: np.ndarray) -> list[int]:
 
 
 def json_bytes_every_pixel(mask: np.ndarray) -> int:
-    height, width = mask.shape
-    return 1 + height * (width + 2) + int(np.bincount(mask.ravel(), minlength=256) @ _ID_DIGITS)
+    return json_mask_bytes(mask, np.bincount(mask.ravel(), minlength=256))
 
 
 def main() -> None:

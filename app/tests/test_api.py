@@ -131,6 +131,20 @@ def test_png_and_json_masks_agree(client):
     assert np.array_equal(np.array(as_json["mask"], dtype=np.uint8), png_mask)
 
 
+@pytest.mark.parametrize("path", ["/v1/segment", "/infer"])
+def test_a_json_answer_counts_the_masks_ids_once(client, monkeypatch, path):
+    """The classes (header and body) and the JSON length check read one count of the mask."""
+    from segserve import images
+
+    calls = []
+    count = images.id_counts
+    monkeypatch.setattr(images, "id_counts", lambda mask: calls.append(mask.shape) or count(mask))
+    response = client.post(path, data=JPEG, content_type="image/jpeg")
+    assert response.status_code == 200, response.data[:200]
+    assert response.headers["X-Segserve-Classes"]
+    assert len(calls) == 1, calls
+
+
 def test_json_is_the_default_for_any_accept(client):
     response = client.post(
         "/v1/segment", data=JPEG, headers={"Content-Type": "image/jpeg", "Accept": "*/*"}

@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
-from segserve import gpus
+from segserve import gpus, images
 from segserve.backends import ARTIFACT_BACKENDS, create_backend
-from segserve.images import DecodedImage, decode_image, ids_present, resized_size
+from segserve.images import DecodedImage, decode_image, resized_size
 from segserve.metrics import StageTimings
 
 if TYPE_CHECKING:
@@ -42,14 +42,18 @@ class Result:
     width: int
     height: int
     timings: StageTimings = field(default_factory=StageTimings)
-    _classes: list[int] | None = field(default=None, init=False, repr=False, compare=False)
+    _counts: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)
+
+    def id_counts(self) -> np.ndarray:
+        """Pixels per class id (images.id_counts), counted once per result: the classes header
+        and a JSON answer's length both read them."""
+        if self._counts is None:
+            self._counts = images.id_counts(self.mask)
+        return self._counts
 
     def classes_present(self) -> list[int]:
-        """The class ids in the mask, ascending; counted once per result (the header and a
-        JSON body both ask)."""
-        if self._classes is None:
-            self._classes = ids_present(self.mask)
-        return self._classes
+        """The class ids in the mask, ascending."""
+        return np.flatnonzero(self.id_counts()).tolist()
 
 
 class SegmentationHandler:

@@ -302,14 +302,16 @@ def json_mask_min_bytes(width: int, height: int) -> int:
 _ID_DIGITS = np.array([1] * 10 + [2] * 90 + [3] * 156, dtype=np.int64)
 
 
-def json_mask_bytes(mask: np.ndarray) -> int:
-    """Exactly `len(mask_to_json(mask))`, from a count of the ids: no text is built."""
+def json_mask_bytes(mask: np.ndarray, counts: np.ndarray | None = None) -> int:
+    """Exactly `len(mask_to_json(mask))`, from a count of the ids: no text is built. `counts`:
+    the mask's id_counts, where the caller has them already."""
     height, width = mask.shape
     if height == 0:
         return 2
     if width == 0:
         return 3 * height + 1  # "[" + h "[]" joined by "," + "]"
-    return 1 + height * (width + 2) + int(id_counts(mask) @ _ID_DIGITS)
+    counts = id_counts(mask) if counts is None else counts
+    return 1 + height * (width + 2) + int(counts @ _ID_DIGITS)
 
 
 def identify(data: bytes) -> str:

@@ -49,7 +49,7 @@ def infer() -> Response:
     limit = handler.settings.max_json_bytes
     data = read_image(request, strict=False)
     result = handler.handle(data, check_size=_json_header_check(limit, INFER_JSON_HINT))
-    _refuse_json_over(json_mask_bytes(result.mask), limit, INFER_JSON_HINT)
+    _refuse_json_over(json_mask_bytes(result.mask, result.id_counts()), limit, INFER_JSON_HINT)
     with result.timings.stage("encode"):
         body = mask_to_json(result.mask)
     return _finish(result, body, "application/json")
@@ -150,7 +150,8 @@ def _segment_json(result: Result, handler: SegmentationHandler, limit: int) -> b
     fields = {"width": result.width, "height": result.height, "classes": classes}
     head = json.dumps(fields, separators=(",", ":"))[:-1].encode() + b',"mask":'
     # Counted before any of the mask's text is built: what the ids' digits add up to.
-    _refuse_json_over(len(head) + json_mask_bytes(result.mask) + 1, limit, SEGMENT_JSON_HINT)
+    size = len(head) + json_mask_bytes(result.mask, result.id_counts()) + 1
+    _refuse_json_over(size, limit, SEGMENT_JSON_HINT)
     # The mask is spliced in already encoded: json.dumps on a list of lists of a few million
     # ints is the slowest part of a JSON answer.
     return head + mask_to_json(result.mask) + b"}"
