@@ -29,6 +29,7 @@ NETWORK = "segserve-lab"
 APP1 = "segserve-lab-app1"
 APP2 = "segserve-lab-app2"
 LB1 = "segserve-lab-lb1"
+MON1 = "segserve-lab-mon1"
 BENCH_DIR = "/opt/segserve-bench"  # inside app1: the alternatives' venv, files, logs
 SEGSERVE_VENV = "/opt/segserve/venv"
 # The posted image: written by make_image, read by warm and wrk, copied into app1.
@@ -235,9 +236,19 @@ def wait_http(
         raise RuntimeError(f"{container}: {url} not ready in {timeout_s} s")
 
 
+def malloc_env() -> str:
+    """The service's malloc setting (GLIBC_TUNABLES, from uwsgi_app_malloc_huge_pages) as a
+    command's environment prefix: the ceiling and the other stacks on app1 allocate as the
+    service's workers do."""
+    value = read_env().get("GLIBC_TUNABLES")
+    return f"GLIBC_TUNABLES={value}" if value else ""
+
+
 def start_pidfile(name: str, command: str, *, env: str = "OMP_NUM_THREADS=1", prepare: str = ""):
     """Start `command` in app1's BENCH_DIR, detached (setsid nohup), output to logs/NAME.log,
-    its pid in BENCH_DIR/NAME.pid for stop_pidfile. `env` prefixes it; `prepare` runs first."""
+    its pid in BENCH_DIR/NAME.pid for stop_pidfile. `env` (and the service's malloc setting,
+    malloc_env) prefixes it; `prepare` runs first."""
+    env = f"{env} {malloc_env()}".strip()
     dexec(
         APP1,
         f"cd {BENCH_DIR} || exit 1; {prepare}{env} setsid nohup {command} "

@@ -1,6 +1,7 @@
 """Where a served request's time goes beside the in-process ceiling, interleaved on the lab.
 
     python bench/served_split.py [--reps 3] [--duration 10] [--conns 1,2] [--out NAME]
+                                 [--source journal|metrics]
 
 On the lab as `scripts/bench` or `bench/ab.py` leave it (converged), with app2 drained and
 lb1 and the client on the cores app1 is not pinned to, as in the bench: each repetition runs
@@ -10,6 +11,10 @@ journal's `request` lines, so the service must log every request, its default) s
 answer's time into the stages, the app around them, and what is outside the app's clock:
 uWSGI's and Flask's own request handling, and at one connection the wait for both nginx
 hops, the network and the client. Means, so that the parts add up; medians over repetitions.
+With `--source metrics` the same means come from app1's Prometheus counters (the stage and
+request histograms' sums and counts, read from mon1 before and after each run), so the split
+also works with `uwsgi_app_log_requests: errors`; the request time then includes every
+endpoint the worker answered (a scrape's /metrics every 5 s, under 0.1% of its time).
 Writes bench/results/NAME.md and .json.
 """
 
@@ -45,6 +50,60 @@ def records(since: float, until: float) -> list[dict]:
     ]
 
 
+def counters() -> dict[str, float]:
+    """app1's /v1/segment stage and request sums and counts, read from mon1 (the one host
+    app1's firewall lets reach its metrics port)."""
+    # The metrics socket: the instance's http-socket on its private address (uwsgi.ini).
+    ini = lab.dexec(lab.APP1, "cat /etc/segserve/uwsgi.ini")
+    url = next(
+        f"http://{line.split('=', 1)[1].strip()}/metrics"
+        for line in ini.splitlines()
+        if line.startswith("http-socket") and "127.0.0.1" not in line
+    )
+    text = lab.dexec(
+        lab.MON1,
+        f"python3 -c \"import urllib.request; print(urllib.request.urlopen('{url}')"
+        '.read().decode())"',
+    )
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith(("segserve_stage_seconds_", "segserve_request_seconds_")) and (
+            "_sum{" in line or "_count{" in line
+        ):
+            name, value = line.rsplit(" ", 1)
+            out[name] = float(value)
+    return out
+
+
+def split_counters(run: dict, before: dict[str, float], after: dict[str, float]) -> dict:
+    """split()'s figures from the counters' growth during the run (model lraspp, /v1/segment)."""
+    grew = {k: after[k] - before.get(k, 0.0) for k in after}
+
+    def total(kind: str, match: str) -> float:
+        return sum(v for k, v in grew.items() if k.startswith(kind) and match in k)
+
+    answers = total("segserve_request_seconds_count", 'endpoint="/v1/segment"')
+    if answers < 1:
+        raise RuntimeError("app1's counters grew by no /v1/segment answer during the run")
+    per_answer = 1000 / run["images_per_s"]
+    # Every request the worker answered (scrapes included): its time on the app's clock.
+    app = 1000 * total("segserve_request_seconds_sum", "") / answers
+    stage_sums = {
+        k.split('stage="')[1].split('"')[0]: v
+        for k, v in grew.items()
+        if k.startswith("segserve_stage_seconds_sum")
+    }
+    stages = 1000 * sum(stage_sums.values()) / answers
+    return {
+        "records": int(answers),
+        "per_answer_ms": per_answer,
+        "inference_ms": 1000 * stage_sums.get("inference", 0.0) / answers,
+        "stages_ms": stages,
+        "app_around_stages_ms": app - stages,
+        "outside_app_ms": per_answer - app,
+    }
+
+
 def split(run: dict, recs: list[dict]) -> dict:
     """Milliseconds per answer (1000 / images/s, as one worker delivers them) and the parts of
     it the app's records account for; the rest is outside the app's clock."""
@@ -76,6 +135,12 @@ def main() -> int:
     ap.add_argument("--conns", default="1,2", help="concurrencies, comma-separated")
     ap.add_argument("--ceiling-n", type=int, default=40, help="images per ceiling run")
     ap.add_argument("--out", default="served-split", help="names bench/results/NAME.md")
+    ap.add_argument(
+        "--source",
+        choices=("journal", "metrics"),
+        default="journal",
+        help="app1's request records (needs every request logged) or its Prometheus counters",
+    )
     args = ap.parse_args()
     try:
         args.conns = [int(c) for c in args.conns.split(",") if c]
@@ -97,6 +162,7 @@ def main() -> int:
         "started": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M"),
         "machine": machine(),
         "served": served,
+        "source": args.source,
         "ceilings": [],
         "runs": [],
     }
@@ -109,10 +175,13 @@ def main() -> int:
             res["ceilings"].append(ceiling["png"]["images_per_s"])
             lab.log(f"rep {rep}: ceiling {ceiling['png']['images_per_s']:.2f} images/s")
             for conns in args.conns:
-                since = time.time()
+                since, before = time.time(), counters() if args.source == "metrics" else {}
                 run = lab.wrk(url, conns, args.duration, "image/png", [lab.APP1], cores=away)
-                time.sleep(1)  # the last records reach the journal
-                parts = split(run, records(since, time.time()))
+                if args.source == "metrics":
+                    parts = split_counters(run, before, counters())
+                else:
+                    time.sleep(1)  # the last records reach the journal
+                    parts = split(run, records(since, time.time()))
                 parts.update(conns=conns, rep=rep, images_per_s=run["images_per_s"])
                 parts["vs_ceiling"] = run["images_per_s"] / ceiling["png"]["images_per_s"]
                 res["runs"].append(parts)
@@ -138,8 +207,14 @@ def report(res: dict, args) -> list[str]:
         " on the other cores. PNG answers, the 520x520 JPEG.",
         f"- Ceiling (bench/ceiling.py, decode to PNG, one process): {med(res['ceilings']):.2f}"
         f" images/s, median of {len(res['ceilings'])} runs interleaved with the served ones.",
-        "- Per answer, ms, means over app1's request records of each run; medians over"
-        f" {args.reps} repetitions. Outside the app: the rest of each answer's time on the"
+        "- Per answer, ms, means over app1's "
+        + (
+            "Prometheus counters (stage and request sums over answers) during each run"
+            if res.get("source") == "metrics"
+            else "request records of each run"
+        )
+        + f"; medians over {args.reps} repetitions. Outside the app: the rest of each answer's"
+        " time on the"
         " worker's clock: uWSGI and Flask setting the request up and sending the answer, and at"
         " one connection the wait for both nginx hops, the network and the client.",
         "",

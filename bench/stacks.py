@@ -174,7 +174,7 @@ def run_ceiling(candidate: str, n: int) -> dict:
     option = f" --precision {precision}" if precision else ""
     out = dexec(
         APP1,
-        f"cd {BENCH_DIR} && {SEGSERVE_VENV}/bin/python ceiling.py image.jpg "
+        f"cd {BENCH_DIR} && {lab.malloc_env()} {SEGSERVE_VENV}/bin/python ceiling.py image.jpg "
         f"--backend {backend}{option} -n {n} 2>/dev/null",
         timeout=900,
     )

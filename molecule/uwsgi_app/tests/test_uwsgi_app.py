@@ -91,6 +91,22 @@ def test_two_workers_from_the_setting(host):
     assert len(stats["workers"]) == 2
 
 
+def test_workers_heap_asks_for_huge_pages(host):
+    """uwsgi_app_malloc_huge_pages (the default): every worker runs with glibc's malloc asking
+    for transparent huge pages, and where the kernel grants them some of its memory is on them."""
+    master = host.check_output(f"systemctl show -p MainPID --value {SERVICE}")
+    workers = host.check_output(f"pgrep -P {master}").split()
+    assert len(workers) == 2, workers
+    thp = host.file("/sys/kernel/mm/transparent_hugepage/enabled").content_string
+    for pid in workers:
+        environ = host.check_output(f"tr '\\0' '\\n' < /proc/{pid}/environ").splitlines()
+        assert "GLIBC_TUNABLES=glibc.malloc.hugetlb=1" in environ, (pid, environ)
+        if "[never]" not in thp:
+            rollup = host.check_output(f"cat /proc/{pid}/smaps_rollup")
+            huge_kb = int(rollup.split("AnonHugePages:")[1].split()[0])
+            assert huge_kb > 0, (pid, thp, rollup)
+
+
 def test_segment_real_image_as_png(host):
     image = sample_image(host)
     out = "/tmp/mask.png"
