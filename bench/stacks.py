@@ -168,13 +168,15 @@ def setup_ceiling(info: dict) -> None:
     sh(["docker", "cp", str(lab.HERE / "ceiling.py"), f"{APP1}:{BENCH_DIR}/ceiling.py"])
 
 
-def run_ceiling(candidate: str, n: int) -> dict:
-    """The ceiling of one candidate: a backend name, or `openvino <precision>`."""
+def run_ceiling(candidate: str, n: int, *, malloc: str | None = None) -> dict:
+    """The ceiling of one candidate: a backend name, or `openvino <precision>`. `malloc`: an
+    environment prefix for glibc's malloc; None, the service's own (lab.malloc_env)."""
     backend, _, precision = candidate.partition(" ")
     option = f" --precision {precision}" if precision else ""
+    malloc = lab.malloc_env() if malloc is None else malloc
     out = dexec(
         APP1,
-        f"cd {BENCH_DIR} && {lab.malloc_env()} {SEGSERVE_VENV}/bin/python ceiling.py image.jpg "
+        f"cd {BENCH_DIR} && {malloc} {SEGSERVE_VENV}/bin/python ceiling.py image.jpg "
         f"--backend {backend}{option} -n {n} 2>/dev/null",
         timeout=900,
     )
