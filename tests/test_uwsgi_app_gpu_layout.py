@@ -55,7 +55,7 @@ def test_an_8_gpu_host_gets_one_gpu_per_worker(tmp_path):
     # There auto chooses among the CPU backends, timed with that layout: the record's name
     # says so, and the service is told where it is.
     assert re.search(
-        rf"-w{processes}t1-[0-9a-f]{{16}}\.choice\.json$", settings["SEGSERVE_BACKEND_CHOICE"]
+        rf"-w{processes}t1h-[0-9a-f]{{16}}\.choice\.json$", settings["SEGSERVE_BACKEND_CHOICE"]
     )
     assert settings["SEGSERVE_ONNX_PATH"].endswith(".onnx")
 
