@@ -39,6 +39,9 @@ def main() -> int:
     stacks.setup_ceiling({})
     served = stacks.served_backend()
     backends = args.backends.split(",") if args.backends else [served]
+    known = ["onnxruntime", "torch", *(f"openvino {p}" for p in stacks.openvino_precisions())]
+    if unknown := [b for b in backends if b not in known]:
+        ap.error(f"--backends: {', '.join(unknown)} not among app1's ({', '.join(known)})")
     thp = lab.dexec(lab.APP1, "cat /sys/kernel/mm/transparent_hugepage/enabled").strip()
     pairs: dict[str, list[dict]] = {b: [] for b in backends}
     for i in range(args.pairs):

@@ -53,13 +53,8 @@ def records(since: float, until: float) -> list[dict]:
 def counters() -> dict[str, float]:
     """app1's /v1/segment stage and request sums and counts, read from mon1 (the one host
     app1's firewall lets reach its metrics port)."""
-    # The metrics socket: the instance's http-socket on its private address (uwsgi.ini).
-    ini = lab.dexec(lab.APP1, "cat /etc/segserve/uwsgi.ini")
-    url = next(
-        f"http://{line.split('=', 1)[1].strip()}/metrics"
-        for line in ini.splitlines()
-        if line.startswith("http-socket") and "127.0.0.1" not in line
-    )
+    port = lab.read_env()["SEGSERVE_METRICS_PORT"]
+    url = f"http://{lab.container_ip(lab.APP1)}:{port}/metrics"
     text = lab.dexec(
         lab.MON1,
         f"python3 -c \"import urllib.request; print(urllib.request.urlopen('{url}')"
